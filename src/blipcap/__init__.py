@@ -1,0 +1,14 @@
+"""blipcap: fast, production-grade image captioning with BLIP.
+
+    from blipcap import Captioner
+    cap = Captioner.load("large")
+    cap("photo.jpg")  # -> "a dog running on the beach"
+"""
+
+from .captioner import Caption, Captioner, pipeline
+from .decoding import CaptionOptions
+from .hub import ModelNotAvailableError
+from .images import ImageError
+
+__version__ = "0.1.0"
+__all__ = ["Caption", "CaptionOptions", "Captioner", "ImageError", "ModelNotAvailableError", "pipeline", "__version__"]

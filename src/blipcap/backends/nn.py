@@ -1,0 +1,160 @@
+"""The BLIP captioning model in PyTorch, written for inference.
+
+A ViT image encoder (pre-LN) and a BERT-style text decoder (post-LN) with causal self-attention,
+cross-attention to the image and an LM head. Decoding state is explicit: the image memory holds the
+cross-attention keys/values of every decoder layer, computed once per image; the self-attention
+cache is a preallocated tensor that the step writes into. Rows of a decode batch are laid out
+image-major (`group` rows per image: beams or samples), so cross-attention folds a group's queries
+into one sequence and reads its image's keys/values without copying them per row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import ModelDims, TextDims, VisionDims
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, heads, T, head_dim)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, t, hd = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * hd)  # (B, T, hidden)
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, d: VisionDims):
+        super().__init__()
+        self.heads = d.heads
+        self.ln1 = nn.LayerNorm(d.hidden, eps=d.eps)
+        self.qkv = nn.Linear(d.hidden, 3 * d.hidden)
+        self.proj = nn.Linear(d.hidden, d.hidden)
+        self.ln2 = nn.LayerNorm(d.hidden, eps=d.eps)
+        self.fc1 = nn.Linear(d.hidden, d.mlp)
+        self.fc2 = nn.Linear(d.mlp, d.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
+        x = x + self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, d: VisionDims):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, d.hidden, kernel_size=d.patch_size, stride=d.patch_size)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, d.hidden))
+        self.pos_embed = nn.Parameter(torch.empty(1, d.num_patches + 1, d.hidden))
+        self.blocks = nn.ModuleList(VisionBlock(d) for _ in range(d.layers))
+        self.ln_post = nn.LayerNorm(d.hidden, eps=d.eps)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)  # (B, P, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_post(x)  # (B, 1 + P, D)
+
+
+class TextBlock(nn.Module):
+    def __init__(self, d: TextDims):
+        super().__init__()
+        self.heads = d.heads
+        self.self_qkv = nn.Linear(d.hidden, 3 * d.hidden)
+        self.self_out = nn.Linear(d.hidden, d.hidden)
+        self.ln_self = nn.LayerNorm(d.hidden, eps=d.eps)
+        self.cross_q = nn.Linear(d.hidden, d.hidden)
+        self.cross_kv = nn.Linear(d.encoder_hidden, 2 * d.hidden)
+        self.cross_out = nn.Linear(d.hidden, d.hidden)
+        self.ln_cross = nn.LayerNorm(d.hidden, eps=d.eps)
+        self.fc1 = nn.Linear(d.hidden, d.mlp)
+        self.fc2 = nn.Linear(d.mlp, d.hidden)
+        self.ln_ffn = nn.LayerNorm(d.hidden, eps=d.eps)
+
+    def cross_kv_of(self, memory: torch.Tensor) -> torch.Tensor:
+        k, v = self.cross_kv(memory).chunk(2, dim=-1)
+        return torch.stack([_heads(k, self.heads), _heads(v, self.heads)])  # (2, B_img, heads, N, head_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (rows, T, D): the new tokens only
+        cache: torch.Tensor,  # (2, rows, heads, L, head_dim): this layer's self-attention cache
+        start: int,  # cache slot of x's first token
+        mask: torch.Tensor,  # (rows, 1, T, start + T) bool, True = may attend
+        cross: torch.Tensor,  # (2, B_img, heads, N, head_dim)
+        group: int,  # rows per image
+    ) -> torch.Tensor:
+        rows, t, d = x.shape
+        q, k, v = self.self_qkv(x).view(rows, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        cache[0, :, :, start : start + t] = k
+        cache[1, :, :, start : start + t] = v
+        end = start + t
+        a = F.scaled_dot_product_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], attn_mask=mask)
+        x = self.ln_self(x + self.self_out(_merge(a)))
+
+        # Cross-attention: a group's rows share one image, so their queries become one longer
+        # sequence over that image's keys/values (no mask: every image token is visible).
+        q = _heads(self.cross_q(x), self.heads)  # (rows, heads, T, hd)
+        hd = q.shape[-1]
+        q = q.view(rows // group, group, self.heads, t, hd).transpose(1, 2).reshape(rows // group, self.heads, group * t, hd)
+        a = F.scaled_dot_product_attention(q, cross[0], cross[1])  # (B_img, heads, group*T, hd)
+        a = a.view(rows // group, self.heads, group, t, hd).transpose(1, 2).reshape(rows, self.heads, t, hd)
+        x = self.ln_cross(x + self.cross_out(_merge(a)))
+        return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
+
+
+class LMHead(nn.Module):
+    def __init__(self, d: TextDims):
+        super().__init__()
+        self.dense = nn.Linear(d.hidden, d.hidden)
+        self.ln = nn.LayerNorm(d.hidden, eps=d.eps)
+        self.decoder = nn.Linear(d.hidden, d.vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.ln(F.gelu(self.dense(x))))
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, d: TextDims):
+        super().__init__()
+        self.dims = d
+        self.tok_embed = nn.Embedding(d.vocab, d.hidden)
+        self.pos_embed = nn.Embedding(d.max_positions, d.hidden)
+        self.ln_embed = nn.LayerNorm(d.hidden, eps=d.eps)
+        self.blocks = nn.ModuleList(TextBlock(d) for _ in range(d.layers))
+        self.head = LMHead(d)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (rows, T)
+        positions: torch.Tensor,  # (rows, T) absolute positions (left padding already subtracted)
+        cache: torch.Tensor,  # (layers, 2, rows, heads, L, head_dim)
+        start: int,
+        mask: torch.Tensor,  # (rows, 1, T, start + T) bool
+        cross: torch.Tensor,  # (layers, 2, B_img, heads, N, head_dim)
+        group: int,
+    ) -> torch.Tensor:
+        x = self.ln_embed(self.tok_embed(tokens) + self.pos_embed(positions))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache[i], start, mask, cross[i], group)
+        return self.head(x[:, -1])  # (rows, vocab): only the newest position is ever needed
+
+
+class BlipCaptioner(nn.Module):
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        self.dims = dims
+        self.vision = VisionEncoder(dims.vision)
+        self.text = TextDecoder(dims.text)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) -> cross-attention K/V of every decoder layer (layers, 2, B, heads, N, hd)."""
+        memory = self.vision(pixels)
+        return torch.stack([block.cross_kv_of(memory) for block in self.text.blocks])

@@ -1,0 +1,129 @@
+"""The PyTorch backend: builds the model from a checkpoint, places it, and runs encode/prefill/step.
+
+Owns devices and dtypes. The model is built on the meta device and its parameters are assigned
+straight from the (memory-mapped) checkpoint tensors, so loading makes no random initialisation and
+no second copy at float32. Decoding state lives in `TorchSession`: the preallocated self-attention
+cache, the rows' next positions and their padding mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..arrays import TorchOps
+from ..checkpoint import ModelDims, load_state_dict
+from .nn import BlipCaptioner
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # fp16 on GPUs; fp32 on CPUs, where it is the reference numerics
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
+    if dtype == "float16" and device.type != "cuda":
+        raise ValueError("float16 is for CUDA; on the CPU use bfloat16 or float32")
+    return _DTYPES[dtype]
+
+
+class TorchSession:
+    """One batch of images being decoded: the cache and the bookkeeping `step` needs."""
+
+    def __init__(self, backend: "TorchBackend", cross: torch.Tensor, group: int, prompts: np.ndarray,
+                 valid: np.ndarray, max_new: int):
+        self.backend, self.cross, self.group = backend, cross, group
+        self.ops = backend.ops
+        model, dev = backend.model, backend.device
+        t = model.dims.text
+        rows, p = prompts.shape
+        if p + max_new > t.max_positions:
+            raise ValueError(
+                f"prompt ({p} tokens) + max_new_tokens ({max_new}) exceeds the model's {t.max_positions} positions"
+            )
+        self.length = p + max_new
+        self.cache = torch.zeros(
+            (t.layers, 2, rows, t.heads, self.length, t.hidden // t.heads), dtype=backend.dtype, device=dev
+        )
+        self.valid = torch.ones((rows, self.length), dtype=torch.bool, device=dev)
+        self.valid[:, :p] = torch.from_numpy(valid).to(dev)
+        n_pad = torch.from_numpy((~valid).sum(axis=1)).to(dev)
+        self.positions = torch.arange(p, device=dev)[None, :] - n_pad[:, None]  # (rows, P)
+        self.start = p
+        tokens = torch.from_numpy(prompts).to(dev)
+        # causal over the prompt, minus padding; each slot also sees itself so a padded query
+        # never has an empty row (which would turn into NaNs that leak through the values)
+        causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+        mask = (causal[None] & self.valid[:, None, :p]) | torch.eye(p, dtype=torch.bool, device=dev)[None]
+        self.first_logits = self._run(tokens, self.positions.clamp(min=0), 0, mask[:, None])
+        self.next_pos = self.positions[:, -1] + 1
+
+    @torch.inference_mode()
+    def _run(self, tokens, positions, start, mask) -> torch.Tensor:
+        logits = self.backend.model.text(tokens, positions, self.cache, start, mask, self.cross, self.group)
+        return logits.float()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = self.valid[:, None, None, : self.start + 1]
+        logits = self._run(tokens[:, None], self.next_pos[:, None], self.start, mask)
+        self.start += 1
+        self.next_pos = self.next_pos + 1
+        return logits
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        # only the filled slots move; beams of one image share positions and padding
+        self.cache[:, :, :, :, : self.start] = self.cache[:, :, rows, :, : self.start]
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: BlipCaptioner, device: torch.device, dtype: torch.dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.dims: ModelDims = model.dims
+        self.ops = TorchOps(device)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, dims: ModelDims, device: str = "auto", dtype: str = "auto") -> "TorchBackend":
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        with torch.device("meta"):
+            model = BlipCaptioner(dims)
+        shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        state = load_state_dict(model_dir, dims, shapes)
+        state = {k: v.to(device=dev, dtype=dt) for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        model.eval().requires_grad_(False)
+        return cls(model, dev, dt)
+
+    @torch.inference_mode()
+    def encode(self, pixels: np.ndarray) -> torch.Tensor:
+        """(B, 3, H, W) float32 pixels -> image memory: cross-attention K/V for every decoder layer."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        return self.model.encode(x)
+
+    def start(self, memory: torch.Tensor, group: int, prompts: np.ndarray, valid: np.ndarray,
+              max_new: int) -> tuple[TorchSession, torch.Tensor]:
+        """Prefill the prompts (rows = images x group) and return the session and first logits."""
+        session = TorchSession(self, memory, group, prompts, valid, max_new)
+        return session, session.first_logits
+
+    def select(self, memory: torch.Tensor, index: list[int]) -> torch.Tensor:
+        return memory[:, :, index]
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}

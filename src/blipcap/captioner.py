@@ -1,0 +1,225 @@
+"""Captioner: load a checkpoint, caption images; and the transformers-style pipeline().
+
+Owns the glue of the flow in DESIGN.md: images -> pixels -> backend.encode -> search -> text, in
+batches, with per-item errors that never fail the rest of a batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .checkpoint import dims_from_config, read_config
+from .decoding import ARTEFACT_PIECES, CaptionOptions, LogitRules, resolve_prompt_rows, search
+from .hub import DEFAULT_MODEL, resolve
+from .images import DEFAULT_MAX_PIXELS, ImageError, Preprocessor, load_image
+from .text import TextCodec
+
+
+@dataclass
+class Caption:
+    text: str  # the caption ("" when error is set)
+    score: float | None = None  # sum of log-probabilities of its tokens
+    token_ids: list[int] = field(default_factory=list)  # generated ids, prompt and [SEP] excluded
+    error: Exception | None = None  # why this item could not be captioned (errors="return")
+    alternatives: list["Caption"] = field(default_factory=list)  # the other num_return_sequences, best first
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
+    """The checkpoint's generation settings (generation_config.json, else config.json) as options."""
+    gen: dict[str, Any] = {}
+    for source in (config.get("text_config") or {}, config):
+        gen.update({k: v for k, v in source.items() if v is not None})
+    path = model_dir / "generation_config.json"
+    if path.is_file():
+        gen.update({k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if v is not None})
+    opts: dict[str, Any] = {}
+    for key in ("num_beams", "do_sample", "length_penalty", "early_stopping", "temperature", "top_k", "top_p",
+                "repetition_penalty", "no_repeat_ngram_size", "num_return_sequences"):
+        if key in gen:
+            opts[key] = gen[key]
+    # transformers counts max_length/min_length from [DEC]; we count new tokens after it
+    opts["max_new_tokens"] = gen.get("max_new_tokens") or int(gen.get("max_length") or 20) - 1
+    if gen.get("min_new_tokens"):
+        opts["min_new_tokens"] = gen["min_new_tokens"]
+    elif gen.get("min_length"):
+        opts["min_new_tokens"] = max(0, int(gen["min_length"]) - 1)
+    return CaptionOptions(**opts)
+
+
+class Captioner:
+    """A loaded BLIP captioning model. `Captioner.load("large")("photo.jpg")` -> caption."""
+
+    def __init__(self, backend: Any, codec: TextCodec, preprocessor: Preprocessor, defaults: CaptionOptions,
+                 model_id: str, revision: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 allow_urls: bool = False):
+        self.backend, self.codec, self.preprocessor = backend, codec, preprocessor
+        self.defaults = defaults
+        self.model_id, self.revision = model_id, revision
+        self.max_pixels, self.allow_urls = max_pixels, allow_urls
+
+    @classmethod
+    def load(cls, model: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
+             backend: str = "torch", revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+             local_files_only: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             allow_urls: bool = False) -> "Captioner":
+        """Load a short name (large, base), a Hub repo id or a local checkpoint directory."""
+        resolved = resolve(model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        config = read_config(resolved.path)
+        dims = dims_from_config(config)
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; available: torch")
+        from .backends.torch import TorchBackend
+
+        engine = TorchBackend.load(resolved.path, dims, device=device, dtype=dtype)
+        codec = TextCodec.from_dir(resolved.path, dims.bos_id, dims.eos_id, dims.pad_id)
+        pre_path = resolved.path / "preprocessor_config.json"
+        pre = Preprocessor.from_file(pre_path) if pre_path.is_file() else Preprocessor.from_config({})
+        defaults = _defaults_from_checkpoint(resolved.path, config)
+        return cls(engine, codec, pre, defaults, resolved.model_id, resolved.revision, max_pixels, allow_urls)
+
+    # --- public calls ------------------------------------------------------------------------------
+
+    def __call__(self, image: Any, **overrides: Any) -> str:
+        return self.caption([image], errors="raise", **overrides)[0].text
+
+    def caption(self, images: Any, options: CaptionOptions | None = None, *, errors: str = "raise",
+                batch_size: int = 8, **overrides: Any) -> list[Caption]:
+        """Caption one image or a list; one Caption per image, in order.
+
+        errors="raise" raises the first bad image's ImageError (after checking them all);
+        errors="return" gives that image a Caption with `.error` set and captions the rest.
+        `prompt=` may be one string for all images or a list with one (or None) per image.
+        """
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if errors not in ("raise", "return"):
+            raise ValueError("errors must be 'raise' or 'return'")
+        prompts, opts = self._options(options, overrides, len(items))
+        loaded = [self._load(item) for item in items]
+        if errors == "raise":
+            for item in loaded:
+                if isinstance(item, ImageError):
+                    raise item
+        out: list[Caption] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            out.extend(self._caption_batch(loaded[start : start + batch_size], prompts[start : start + batch_size], opts))
+        return out
+
+    def caption_stream(self, images: Iterable[Any], options: CaptionOptions | None = None, *,
+                       batch_size: int = 8, **overrides: Any) -> Iterator[Caption]:
+        """Caption an iterable of any length, yielding in order; holds one batch at a time.
+
+        Bad items come back as Captions with `.error` set (errors="return" semantics).
+        """
+        if isinstance(overrides.get("prompt"), (list, tuple)):
+            raise ValueError("caption_stream takes one prompt string for all images")
+        _, opts = self._options(options, overrides, 0)
+        it = iter(images)
+        while batch := list(itertools.islice(it, max(1, batch_size))):
+            yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _options(self, options: CaptionOptions | None, overrides: dict, n: int) -> tuple[list, CaptionOptions]:
+        base = options or self.defaults
+        if base.max_new_tokens is None:
+            base = base.replace(max_new_tokens=self.defaults.max_new_tokens)
+        prompt = overrides.pop("prompt", base.prompt)
+        if isinstance(prompt, (list, tuple)):
+            if len(prompt) != n:
+                raise ValueError(f"got {len(prompt)} prompts for {n} images")
+            prompts = list(prompt)
+            prompt = None
+        else:
+            prompts = [prompt] * n
+        return prompts, base.replace(prompt=prompt, **overrides)
+
+    def _load(self, item: Any) -> Any:
+        try:
+            return load_image(item, max_pixels=self.max_pixels, allow_urls=self.allow_urls)
+        except ImageError as exc:
+            return exc
+
+    def _rules(self, opts: CaptionOptions) -> LogitRules:
+        codec = self.codec
+        banned = set(opts.suppress_tokens)
+        if opts.suppress_artefacts:
+            banned.update(codec.piece_ids(ARTEFACT_PIECES))
+        sequences = []
+        for seq in codec.word_sequences(opts.bad_words):
+            if len(seq) == 1:
+                banned.add(seq[0])
+            else:
+                sequences.append(seq)
+        vocab = self.backend.dims.text.vocab
+        if any(not 0 <= t < vocab for t in banned):
+            raise ValueError(f"suppress_tokens must be ids in [0, {vocab})")
+        return LogitRules(
+            eos_id=codec.eos_id, pad_id=codec.pad_id, vocab_size=vocab, min_new_tokens=opts.min_new_tokens,
+            repetition_penalty=opts.repetition_penalty, no_repeat_ngram_size=opts.no_repeat_ngram_size,
+            banned_ids=tuple(sorted(banned)), banned_sequences=tuple(sequences),
+        )
+
+    def _caption_batch(self, loaded: list, prompts: Sequence[str | None], opts: CaptionOptions) -> list[Caption]:
+        good = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
+        out: list[Caption] = [Caption("", error=item) if isinstance(item, ImageError) else None for item in loaded]
+        if not good:
+            return out
+        pixels = self.preprocessor.batch([loaded[i] for i in good])
+        prompt_ids = [self.codec.prompt_ids(prompts[i]) for i in good]
+        group = opts.num_beams if opts.num_beams > 1 else opts.num_return_sequences
+        ids, valid = resolve_prompt_rows(prompt_ids, group, self.codec.pad_id)
+        memory = self.backend.encode(pixels)
+        session, logits = self.backend.start(memory, group, ids, valid, opts.max_new_tokens)
+        ops = self.backend.ops
+        results = search(session, logits, ops.asarray(ids), ops.asarray(valid, "bool"), group,
+                         opts.max_new_tokens, opts, self._rules(opts))
+        for i, found, pids in zip(good, results, prompt_ids):
+            caps = [Caption(self._text(pids, r.tokens, opts.keep_prompt), r.score, r.tokens) for r in found]
+            caps[0].alternatives = caps[1:]
+            out[i] = caps[0]
+        return out
+
+    def _text(self, prompt_ids: list[int], tokens: list[int], keep_prompt: bool) -> str:
+        if len(prompt_ids) == 1:
+            return self.codec.decode(tokens)
+        full = self.codec.decode(prompt_ids + tokens)
+        if keep_prompt:
+            return full
+        # decode together so word pieces join across the seam, then drop the prompt's text
+        head = self.codec.decode(prompt_ids)
+        return full[len(head):].strip() if full.startswith(head) else self.codec.decode(tokens)
+
+
+def pipeline(model: str | os.PathLike = DEFAULT_MODEL, task: str = "image-to-text", **load_kwargs: Any):
+    """A transformers-style callable: pipe(image_or_list, **options) -> [{"generated_text": ...}]."""
+    if task not in ("image-to-text", "image-text-to-text"):
+        raise ValueError(f"blipcap.pipeline supports task 'image-to-text', not {task!r}")
+    if "model" in load_kwargs:
+        model = load_kwargs.pop("model")
+    captioner = Captioner.load(model, **load_kwargs)
+
+    def pipe(images: Any, prompt: str | None = None, generate_kwargs: dict | None = None,
+             max_new_tokens: int | None = None, **kwargs: Any):
+        overrides = {**(generate_kwargs or {}), **kwargs}
+        if max_new_tokens is not None:
+            overrides["max_new_tokens"] = max_new_tokens
+        if prompt is not None:
+            overrides["prompt"] = prompt
+        single = not isinstance(images, (list, tuple))
+        caps = captioner.caption(images, **overrides)
+        rows = [[{"generated_text": c.text}] + [{"generated_text": a.text} for a in c.alternatives] for c in caps]
+        return rows[0] if single else rows
+
+    pipe.captioner = captioner  # type: ignore[attr-defined]
+    return pipe

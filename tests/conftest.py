@@ -1,0 +1,121 @@
+"""Shared fixtures: random-initialised BLIP checkpoints built with transformers, a BERT-format
+tokenizer with the real special-token ids, and the trained tiny fixture."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))  # tests/shapes.py
+
+TINY_FIXTURE = HERE / "fixtures" / "tiny-blip"
+BLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+BLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# Words the prompt and bad-word tests use; "ara" + "##fed" is how BERT spells BLIP-large's "arafed".
+WORDS = ["a", "an", "the", "of", "picture", "photography", "photo", "image", "dog", "cat", "on", "in",
+         "beach", "with", "ara", "##fed", "##ffe", "red", "blue", "man", "woman", "sitting"]
+
+
+def bert_vocab(size: int = 30522) -> list[str]:
+    """A BERT-uncased-shaped vocabulary: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103."""
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += WORDS
+    vocab += [f"w{i}" for i in range(size - len(vocab))]
+    assert len(vocab) == size
+    return vocab
+
+
+def write_bert_tokenizer(path: Path, vocab: list[str]) -> None:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    ids = {tok: i for i, tok in enumerate(vocab)}
+    tok = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"])
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512,
+         "additional_special_tokens": ["[DEC]", "[ENC]"]}))
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+
+
+def write_preprocessor(path: Path, size: int) -> None:
+    (path / "preprocessor_config.json").write_text(json.dumps({
+        "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": BLIP_MEAN, "image_std": BLIP_STD, "image_processor_type": "BlipImageProcessor",
+        "processor_class": "BlipProcessor", "resample": 3, "rescale_factor": 1 / 255,
+        "size": {"height": size, "width": size},
+    }))
+
+
+def build_random_checkpoint(path: Path, *, seed: int = 0, text: dict | None = None, vision: dict | None = None,
+                            head_scale: float = 40.0, eos_boost: float = 0.0, safetensors: bool = True,
+                            tie: bool = True) -> Path:
+    """A random-initialised BlipForConditionalGeneration saved in the Hub layout.
+
+    head_scale multiplies the (tied) word embeddings so the next-token distributions are peaked and
+    equal argmaxes are a meaningful check; eos_boost raises [SEP]'s bias so that some captions end.
+    """
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    torch.manual_seed(seed)
+    text_cfg = dict(vocab_size=30524, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, max_position_embeddings=64, bos_token_id=30522,
+                    sep_token_id=102, pad_token_id=0, eos_token_id=2, tie_word_embeddings=tie, **(text or {}))
+    vision_cfg = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=32, patch_size=8, **(vision or {}))
+    config = BlipConfig(text_config=text_cfg, vision_config=vision_cfg, tie_word_embeddings=tie)
+    model = BlipForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        emb = model.text_decoder.bert.embeddings.word_embeddings.weight
+        emb.mul_(head_scale)
+        if not tie:  # an LM head of its own, unlike the input embeddings
+            model.text_decoder.cls.predictions.decoder.weight.copy_(emb.roll(1, dims=1))
+        model.text_decoder.cls.predictions.bias[102] += eos_boost
+        # BlipVisionConfig's initializer_range is 1e-10, which makes every image look the same:
+        # give the encoder real weights so the image steers the caption
+        for name, param in model.vision_model.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0, 0.05 if "patch" in name else 0.3 / param.shape[-1] ** 0.5)
+        for layer in model.text_decoder.bert.encoder.layer:  # let the image steer the caption
+            cross = layer.crossattention.self
+            cross.query.weight.mul_(4), cross.key.weight.mul_(4), cross.value.weight.mul_(20)
+    path.mkdir(parents=True, exist_ok=True)
+    if safetensors:
+        model.save_pretrained(path)
+    else:  # the older Hub layout: every tensor, tied copies and the aliased decoder bias included
+        config.save_pretrained(path)
+        torch.save(model.state_dict(), path / "pytorch_model.bin")
+    write_bert_tokenizer(path, bert_vocab())
+    write_preprocessor(path, vision_cfg["image_size"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_ckpt(tmp_path_factory) -> Path:
+    return build_random_checkpoint(tmp_path_factory.mktemp("random") / "ckpt", eos_boost=0.0)
+
+
+@pytest.fixture(scope="session")
+def eos_ckpt(tmp_path_factory) -> Path:
+    """A random checkpoint whose captions sometimes end early (exercises finished-beam bookkeeping)."""
+    return build_random_checkpoint(tmp_path_factory.mktemp("random_eos") / "ckpt", seed=1, eos_boost=14.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_fixture() -> Path:
+    if not (TINY_FIXTURE / "model.safetensors").is_file():
+        pytest.fail(f"the trained fixture is missing: run `python tools/train_fixture.py` ({TINY_FIXTURE})")
+    return TINY_FIXTURE
