@@ -220,16 +220,19 @@ def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dic
         missing = [s for s in sources if s not in hub]
         if missing:
             raise CheckpointError(f"{path}: missing tensor {missing[0]!r} (needed for {ours})")
-        parts = [hub[s] for s in sources]
-        used.update(sources)
-        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         want = expected_shapes.get(ours)
         if want is None:
             raise CheckpointError(f"internal: rename table names unknown parameter {ours}")
-        if tuple(tensor.shape) != tuple(want):
-            got = " + ".join(f"{s} {tuple(hub[s].shape)}" for s in sources)
-            raise CheckpointError(f"{path}: tensor {got} does not fit {ours} of shape {tuple(want)}")
-        state[ours] = tensor
+        # a fused parameter stacks its parts on dim 0: each part is an equal slice of it
+        part_shape = (want[0] // len(sources), *want[1:])
+        for source in sources:
+            if tuple(hub[source].shape) != part_shape:
+                raise CheckpointError(
+                    f"{path}: tensor {source!r} has shape {tuple(hub[source].shape)}, expected {part_shape}"
+                )
+        used.update(sources)
+        parts = [hub[s] for s in sources]
+        state[ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
     unknown = sorted(k for k in hub if k not in used and not k.endswith(_IGNORABLE_SUFFIXES))
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""

@@ -203,7 +203,7 @@ class _Rules:
         is_ban = np.array([[True] * len(b) + [bool(b)] * (width - len(b)) for b in bans])
         index, is_ban = ops.asarray(index), ops.asarray(is_ban, "bool")
         current = ops.gather(scores, index)
-        return ops.scatter(scores, index, ops.where(is_ban, current * 0 + NEG_INF, current))
+        return ops.scatter(scores, index, ops.where(is_ban, NEG_INF, current))
 
 
 def _warp(scores: Any, opts: CaptionOptions, ops: Any) -> Any:
@@ -212,14 +212,14 @@ def _warp(scores: Any, opts: CaptionOptions, ops: Any) -> Any:
         scores = scores / opts.temperature
     if opts.top_k and opts.top_k < scores.shape[-1]:
         kth = ops.topk(scores, opts.top_k)[0][:, -1:]
-        scores = ops.where(scores < kth, scores * 0 + NEG_INF, scores)
+        scores = ops.where(scores < kth, NEG_INF, scores)
     if opts.top_p < 1.0:
         sorted_scores, order = ops.sort_desc(scores)
         probs = ops.softmax(sorted_scores)
         # drop a token once the mass before it already reaches top_p; the top token always stays
         drop_sorted = (ops.cumsum(probs) - probs) >= opts.top_p
         drop = ops.scatter(drop_sorted, order, drop_sorted)
-        scores = ops.where(drop, scores * 0 + NEG_INF, scores)
+        scores = ops.where(drop, NEG_INF, scores)
     return scores
 
 
@@ -262,8 +262,8 @@ def _greedy_or_sample(session, logits, prompts, prompt_valid, group, max_new, op
         else:
             token = ops.argmax(scores)
         logp = ops.gather(ops.log_softmax(scores), token[:, None])[:, 0]
-        token = ops.where(finished, token * 0 + rules.pad_id, token)
-        total = total + ops.where(finished, logp * 0, logp)
+        token = ops.where(finished, rules.pad_id, token)
+        total = total + ops.where(finished, 0.0, logp)
         hist[:, p + t] = token
         finished = finished | (token == rules.eos_id)
         steps = t + 1
@@ -344,7 +344,7 @@ def _beam(session, logits, prompts, prompt_valid, k, max_new, opts, rules):
         # transformers' stopping rule: can a live beam still beat the worst finished hypothesis?
         horizon = max_new if (opts.early_stopping == "never" and lp > 0.0) else t + 1
         best_possible = running_scores[:, :1] / float(horizon**lp)
-        worst = ops.where(is_finished, ops.min_last(best_scores), best_scores * 0 - 1e9)
+        worst = ops.where(is_finished, ops.min_last(best_scores), -1e9)
         improvable = improvable & ops.any_last(best_possible > worst)
         all_full = opts.early_stopping is True and ops.all(is_finished)
         if all_full or not ops.any(improvable) or ops.all(hits):
