@@ -73,9 +73,11 @@ def build_random_checkpoint(path: Path, *, seed: int = 0, text: dict | None = No
     torch.manual_seed(seed)
     text_cfg = dict(vocab_size=30524, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, max_position_embeddings=64, bos_token_id=30522,
-                    sep_token_id=102, pad_token_id=0, eos_token_id=2, tie_word_embeddings=tie, **(text or {}))
+                    sep_token_id=102, pad_token_id=0, eos_token_id=2, tie_word_embeddings=tie)
+    text_cfg.update(text or {})
     vision_cfg = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                      image_size=32, patch_size=8, **(vision or {}))
+                      image_size=32, patch_size=8)
+    vision_cfg.update(vision or {})
     config = BlipConfig(text_config=text_cfg, vision_config=vision_cfg, tie_word_embeddings=tie)
     model = BlipForConditionalGeneration(config).eval()
     with torch.no_grad():
