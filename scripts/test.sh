@@ -3,4 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh torch,test
+# A second environment with onnxruntime and no torch: the tests prove an ONNX export captions there.
+if [ ! -x .venv-torchfree/bin/python ]; then
+  python3 -m venv .venv-torchfree
+fi
+.venv-torchfree/bin/python -m pip install --quiet -c constraints.txt -e ".[onnx]"
+export BLIPCAP_TORCHFREE_PYTHON="$PWD/.venv-torchfree/bin/python" BLIPCAP_REQUIRE_TORCHFREE=1
 .venv/bin/python -m pytest -q "$@"

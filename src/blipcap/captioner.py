@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .checkpoint import dims_from_config, read_config
+from .checkpoint import CheckpointError, dims_from_config, read_config
 from .decoding import ARTEFACT_PIECES, CaptionOptions, LogitRules, resolve_prompt_rows, search
 from .hub import DEFAULT_MODEL, resolve
 from .images import DEFAULT_MAX_PIXELS, ImageError, Preprocessor, load_image
@@ -57,6 +57,29 @@ def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
     return CaptionOptions(**opts)
 
 
+def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads) -> Any:
+    from .backends.onnx import read_manifest
+
+    manifest = read_manifest(path)
+    if backend == "auto":
+        backend = "onnx" if manifest else "torch"
+    if backend == "onnx":
+        if manifest is None:
+            raise CheckpointError(
+                f"{path} is not an ONNX export; make one with `blipcap export-onnx --model {path} --out DIR`"
+            )
+        from .backends.onnx import OnnxBackend
+
+        return OnnxBackend.load(path, dims, providers=providers, threads=threads, manifest=manifest)
+    if backend == "torch":
+        if manifest is not None:
+            raise CheckpointError(f"{path} is an ONNX export: load it with backend='onnx'")
+        from .backends.torch import TorchBackend
+
+        return TorchBackend.load(path, dims, device=device, dtype=dtype)
+    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx or auto")
+
+
 class Captioner:
     """A loaded BLIP captioning model. `Captioner.load("large")("photo.jpg")` -> caption."""
 
@@ -70,18 +93,20 @@ class Captioner:
 
     @classmethod
     def load(cls, model: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-             backend: str = "torch", revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+             backend: str = "auto", revision: str | None = None, cache_dir: str | os.PathLike | None = None,
              local_files_only: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-             allow_urls: bool = False) -> "Captioner":
-        """Load a short name (large, base), a Hub repo id or a local checkpoint directory."""
+             allow_urls: bool = False, providers: Sequence[str] | None = None,
+             threads: int | None = None) -> "Captioner":
+        """Load a short name (large, base), a Hub repo id, a local checkpoint directory, or a
+        directory made by `blipcap export-onnx`.
+
+        backend: "torch", "onnx", or "auto" (ONNX Runtime for an export directory, else PyTorch).
+        providers/threads: ONNX Runtime execution providers and intra-op threads (onnx backend).
+        """
         resolved = resolve(model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         config = read_config(resolved.path)
         dims = dims_from_config(config)
-        if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r}; available: torch")
-        from .backends.torch import TorchBackend
-
-        engine = TorchBackend.load(resolved.path, dims, device=device, dtype=dtype)
+        engine = _load_backend(backend, resolved.path, dims, device, dtype, providers, threads)
         codec = TextCodec.from_dir(resolved.path, dims.bos_id, dims.eos_id, dims.pad_id)
         pre_path = resolved.path / "preprocessor_config.json"
         pre = Preprocessor.from_file(pre_path) if pre_path.is_file() else Preprocessor.from_config({})

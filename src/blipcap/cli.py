@@ -35,6 +35,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="pin a Hub revision (branch, tag or commit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                   help="auto: ONNX Runtime for a directory made by export-onnx, else PyTorch")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
 
 
 def _options(args: argparse.Namespace):
@@ -65,7 +68,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     base, over = _options(args)
     (base or CaptionOptions()).replace(**over)  # impossible combinations fail before the model loads
     cap = Captioner.load(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                         allow_urls=args.allow_urls)
+                         allow_urls=args.allow_urls, backend=args.backend, threads=args.threads)
     paths = list(_expand(args.inputs))
     failed = 0
     for path, result in zip(paths, cap.caption_stream(paths, base, batch_size=args.batch_size, **over)):
@@ -102,6 +105,28 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    out = export_onnx(args.model, args.out, revision=args.revision, int8=args.int8, fp16=args.fp16,
+                      per_channel=args.per_channel)
+    print(f"exported {args.model} to {out} (validated against the PyTorch model)")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX graphs for the onnx backend",
+                       description="Export the image encoder and decoder step to ONNX, validated against PyTorch.")
+    p.add_argument("--model", default="large", help="short name (large, base), Hub repo id or local directory")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--out", required=True, help="output directory (self-contained: graphs, tokenizer, configs)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the MatMuls (CPU)")
+    group.add_argument("--fp16", action="store_true", help="float16 weights (for GPUs)")
+    p.add_argument("--per-channel", action="store_true", help="per-channel int8 weight scales")
+    p.set_defaults(func=cmd_export_onnx)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -130,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_caption)
 
+    _add_export_parser(sub)
+
     p = sub.add_parser("models", help="list the short model names and whether they are cached")
     p.set_defaults(func=cmd_models)
     return parser
@@ -139,11 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
+    from .export import ExportError
     from .hub import ModelNotAvailableError
 
     try:
         return args.func(args)
-    except (ModelNotAvailableError, CheckpointError) as exc:
+    except (ModelNotAvailableError, CheckpointError, ExportError, ImportError) as exc:
         print(f"blipcap: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # impossible option combinations, bad device/dtype

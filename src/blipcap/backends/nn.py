@@ -89,23 +89,43 @@ class TextBlock(nn.Module):
         start: int,  # cache slot of x's first token
         mask: torch.Tensor,  # (rows, 1, T, start + T) bool, True = may attend
         cross: torch.Tensor,  # (2, B_img, heads, N, head_dim)
-        group: int,  # rows per image
     ) -> torch.Tensor:
-        rows, t, d = x.shape
-        q, k, v = self.self_qkv(x).view(rows, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self._qkv(x)
+        t = x.shape[1]
         cache[0, :, :, start : start + t] = k
         cache[1, :, :, start : start + t] = v
         end = start + t
         a = F.scaled_dot_product_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], attn_mask=mask)
-        x = self.ln_self(x + self.self_out(_merge(a)))
+        return self._rest(x, a, cross)
 
-        # Cross-attention: a group's rows share one image, so their queries become one longer
-        # sequence over that image's keys/values (no mask: every image token is visible).
+    def forward_explicit(self, x: torch.Tensor, past: torch.Tensor, mask: torch.Tensor, cross: torch.Tensor):
+        """The same block with the past as an input and the new keys/values as an output (ONNX export).
+
+        past (2, rows, heads, L, hd); mask (rows, 1, T, L + T) -> x, new K/V (2, rows, heads, T, hd).
+        """
+        q, k, v = self._qkv(x)
+        keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self._rest(x, a, cross), torch.stack([k, v])
+
+    def _qkv(self, x: torch.Tensor):
+        rows, t, d = x.shape
+        return self.self_qkv(x).view(rows, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _rest(self, x: torch.Tensor, a: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+        """Self-attention output, cross-attention and the FFN."""
+        rows, t, _ = x.shape
+        x = self.ln_self(x + self.self_out(_merge(a)))
+        # Cross-attention: rows are image-major, `group` per image (beams or samples), so a group's
+        # queries become one longer sequence over that image's keys/values, which are never copied
+        # per row (no mask: every image token is visible).
+        images = cross.shape[1]
+        group = rows // images
         q = _heads(self.cross_q(x), self.heads)  # (rows, heads, T, hd)
         hd = q.shape[-1]
-        q = q.view(rows // group, group, self.heads, t, hd).transpose(1, 2).reshape(rows // group, self.heads, group * t, hd)
+        q = q.reshape(images, group, self.heads, t, hd).transpose(1, 2).reshape(images, self.heads, group * t, hd)
         a = F.scaled_dot_product_attention(q, cross[0], cross[1])  # (B_img, heads, group*T, hd)
-        a = a.view(rows // group, self.heads, group, t, hd).transpose(1, 2).reshape(rows, self.heads, t, hd)
+        a = a.reshape(images, self.heads, group, t, hd).transpose(1, 2).reshape(rows, self.heads, t, hd)
         x = self.ln_cross(x + self.cross_out(_merge(a)))
         return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
 
@@ -135,16 +155,49 @@ class TextDecoder(nn.Module):
         self,
         tokens: torch.Tensor,  # (rows, T)
         positions: torch.Tensor,  # (rows, T) absolute positions (left padding already subtracted)
-        cache: torch.Tensor,  # (layers, 2, rows, heads, L, head_dim)
+        cache: torch.Tensor,  # (layers, 2, rows, heads, L, head_dim), written in place
         start: int,
         mask: torch.Tensor,  # (rows, 1, T, start + T) bool
         cross: torch.Tensor,  # (layers, 2, B_img, heads, N, head_dim)
-        group: int,
     ) -> torch.Tensor:
         x = self.ln_embed(self.tok_embed(tokens) + self.pos_embed(positions))
         for i, block in enumerate(self.blocks):
-            x = block(x, cache[i], start, mask, cross[i], group)
+            x = block(x, cache[i], start, mask, cross[i])
         return self.head(x[:, -1])  # (rows, vocab): only the newest position is ever needed
+
+
+class ExplicitStep(nn.Module):
+    """The decoder as a pure function of an explicit past (what the ONNX decoder graph computes).
+
+    The past is the whole preallocated cache with a validity mask, so the caller passes one
+    contiguous buffer every step and writes the returned new keys/values into it.
+    """
+
+    def __init__(self, text: TextDecoder):
+        super().__init__()
+        self.text = text
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (rows, T) int64
+        positions: torch.Tensor,  # (rows, T) int64
+        new_valid: torch.Tensor,  # (rows, T) bool: False for left padding of a prompt
+        past: torch.Tensor,  # (layers, 2, rows, heads, L, hd)
+        past_valid: torch.Tensor,  # (rows, L) bool: filled, non-padding slots
+        cross: torch.Tensor,  # (layers, 2, B_img, heads, N, hd)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, t = tokens.shape
+        # comparisons of aranges rather than eye/tril, which ONNX Runtime lacks for booleans
+        idx = torch.arange(t, device=tokens.device)
+        eye, causal = idx[:, None] == idx[None, :], idx[:, None] >= idx[None, :]
+        new = (causal[None] & new_valid[:, None, :]) | eye[None]  # (rows, T, T); a slot always sees itself
+        mask = torch.cat([past_valid[:, None, :].expand(rows, t, past_valid.shape[1]), new], dim=2)[:, None]
+        x = self.text.ln_embed(self.text.tok_embed(tokens) + self.text.pos_embed(positions))
+        presents = []
+        for i, block in enumerate(self.text.blocks):
+            x, kv = block.forward_explicit(x, past[i], mask, cross[i])
+            presents.append(kv)
+        return self.text.head(x[:, -1]).float(), torch.stack(presents)  # (rows, V), (layers, 2, rows, heads, T, hd)
 
 
 class BlipCaptioner(nn.Module):
@@ -158,3 +211,14 @@ class BlipCaptioner(nn.Module):
         """Pixels (B, 3, H, W) -> cross-attention K/V of every decoder layer (layers, 2, B, heads, N, hd)."""
         memory = self.vision(pixels)
         return torch.stack([block.cross_kv_of(memory) for block in self.text.blocks])
+
+
+class EncoderGraph(nn.Module):
+    """pixels -> image memory, as a module of its own (what the ONNX encoder graph computes)."""
+
+    def __init__(self, model: BlipCaptioner):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(pixels)

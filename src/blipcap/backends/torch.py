@@ -74,7 +74,7 @@ class TorchSession:
 
     @torch.inference_mode()
     def _run(self, tokens, positions, start, mask) -> torch.Tensor:
-        logits = self.backend.model.text(tokens, positions, self.cache, start, mask, self.cross, self.group)
+        logits = self.backend.model.text(tokens, positions, self.cache, start, mask, self.cross)
         return logits.float()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,146 @@
+"""The ONNX Runtime backend: runs graphs exported by `blipcap export-onnx`, with numpy only.
+
+Owns the ONNX Runtime sessions (options set on purpose: intra-op threads = physical cores unless
+told otherwise, all graph optimisations, providers from the caller) and `OnnxSession`, the numpy
+decoding state: a preallocated self-attention cache passed whole to the decoder graph every step
+with a validity mask, and written with the new keys/values the graph returns. No torch import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..arrays import NumpyOps
+from ..checkpoint import ModelDims
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(model_dir: str | Path) -> dict[str, Any] | None:
+    """The export manifest of a `blipcap export-onnx` directory, or None for anything else."""
+    import json
+
+    file = Path(model_dir) / MANIFEST
+    if not file.is_file():
+        return None
+    manifest = json.loads(file.read_text(encoding="utf-8"))
+    return manifest if manifest.get("format") == "blipcap-onnx" else None
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("the ONNX backend requires onnxruntime: pip install 'blipcap[onnx]'") from None
+    return onnxruntime
+
+
+def physical_cores() -> int:
+    """Physical cores (not SMT threads) this process may use; ONNX Runtime's default counts threads."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    try:
+        cores = set()
+        for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*"):
+            topo = cpu / "topology"
+            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
+        return max(1, min(usable, len(cores) or usable))
+    except OSError:
+        return max(1, usable)
+
+
+class OnnxSession:
+    """One batch of images being decoded by the decoder graph."""
+
+    def __init__(self, backend: "OnnxBackend", cross: np.ndarray, group: int, prompts: np.ndarray,
+                 valid: np.ndarray, max_new: int):
+        self.backend, self.cross = backend, cross
+        self.ops = backend.ops
+        t = backend.dims.text
+        rows, p = prompts.shape
+        if p + max_new > t.max_positions:
+            raise ValueError(
+                f"prompt ({p} tokens) + max_new_tokens ({max_new}) exceeds the model's {t.max_positions} positions"
+            )
+        length = p + max_new
+        self.cache = np.zeros((t.layers, 2, rows, t.heads, length, t.hidden // t.heads), dtype=backend.cache_dtype)
+        self.filled = np.zeros((rows, length), dtype=bool)
+        n_pad = (~valid).sum(axis=1)
+        positions = np.maximum(np.arange(p)[None, :] - n_pad[:, None], 0)
+        self.start = 0
+        self.first_logits = self._run(prompts.astype(np.int64), positions.astype(np.int64), valid)
+        self.next_pos = (p - n_pad).astype(np.int64)
+
+    def _run(self, tokens: np.ndarray, positions: np.ndarray, new_valid: np.ndarray) -> np.ndarray:
+        logits, present = self.backend.decoder.run(None, {
+            "tokens": tokens, "positions": positions, "new_valid": new_valid, "past": self.cache,
+            "past_valid": self.filled, "cross": self.cross,
+        })
+        t = tokens.shape[1]
+        self.cache[:, :, :, :, self.start : self.start + t] = present
+        self.filled[:, self.start : self.start + t] = new_valid
+        self.start += t
+        return logits
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        rows = tokens.shape[0]
+        logits = self._run(tokens.reshape(rows, 1).astype(np.int64), self.next_pos[:, None],
+                           np.ones((rows, 1), dtype=bool))
+        self.next_pos = self.next_pos + 1
+        return logits
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.cache[:, :, :, :, : self.start] = self.cache[:, :, rows, :, : self.start]
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, encoder: Any, decoder: Any, dims: ModelDims, manifest: dict | None = None):
+        self.encoder, self.decoder, self.dims = encoder, decoder, dims
+        self.manifest = manifest or {}
+        self.ops = NumpyOps()
+        # fp16 graphs keep float32 inputs and outputs (keep_io_types), so the cache stays float32
+        self.cache_dtype = np.float32
+
+    @classmethod
+    def load(cls, model_dir: str | Path, dims: ModelDims, *, providers: Sequence[str] | None = None,
+             threads: int | None = None, manifest: dict | None = None) -> "OnnxBackend":
+        ort = _onnxruntime()
+        model_dir = Path(model_dir)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or physical_cores()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = list(providers or ["CPUExecutionProvider"])
+        available = set(ort.get_available_providers())
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise ValueError(f"ONNX Runtime provider(s) {', '.join(missing)} not available here "
+                             f"(available: {', '.join(sorted(available))})")
+        names = manifest or {}
+        sessions = [
+            ort.InferenceSession(str(model_dir / names.get(key, default)), sess_options=opts, providers=providers)
+            for key, default in (("encoder", "encoder.onnx"), ("decoder", "decoder.onnx"))
+        ]
+        return cls(*sessions, dims=dims, manifest=manifest)
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        (cross,) = self.encoder.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
+        return cross
+
+    def start(self, memory: np.ndarray, group: int, prompts: np.ndarray, valid: np.ndarray,
+              max_new: int) -> tuple[OnnxSession, np.ndarray]:
+        session = OnnxSession(self, memory, group, prompts, valid, max_new)
+        return session, session.first_logits
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": ",".join(self.decoder.get_providers()),
+                "dtype": self.manifest.get("dtype", "float32")}
