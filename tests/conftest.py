@@ -91,9 +91,12 @@ def build_random_checkpoint(path: Path, *, seed: int = 0, text: dict | None = No
         for name, param in model.vision_model.named_parameters():
             if param.ndim >= 2:
                 param.normal_(0, 0.05 if "patch" in name else 0.3 / param.shape[-1] ** 0.5)
-        for layer in model.text_decoder.bert.encoder.layer:  # let the image steer the caption
+        # let the image steer the caption: sharper cross-attention (scaled so that attention logits
+        # keep the same spread at any width, which keeps wide models well-conditioned) and louder values
+        sharpen = 4 * (64 / text_cfg["hidden_size"]) ** 0.5
+        for layer in model.text_decoder.bert.encoder.layer:
             cross = layer.crossattention.self
-            cross.query.weight.mul_(4), cross.key.weight.mul_(4), cross.value.weight.mul_(20)
+            cross.query.weight.mul_(sharpen), cross.key.weight.mul_(sharpen), cross.value.weight.mul_(20)
     path.mkdir(parents=True, exist_ok=True)
     if safetensors:
         model.save_pretrained(path)
