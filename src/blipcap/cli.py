@@ -1,7 +1,9 @@
 """The `blipcap` command line: parse, call the library, print.
 
-Exit codes: 0 every image captioned; 1 setup error (model not available, bad checkpoint);
-2 usage error; 3 some images could not be captioned (each reported on stderr).
+Exit codes: 0 every image captioned; 1 setup error (model not available, bad checkpoint, an
+output that cannot be written); 2 usage error; 3 some images could not be captioned (each
+reported on stderr or in the --errors log); 128 + N when signal N stopped a job (130 Ctrl-C,
+143 SIGTERM; re-run the same command to continue).
 """
 
 from __future__ import annotations
@@ -9,25 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def _expand(inputs: Sequence[str]) -> Iterator[str]:
-    """Files as given; directories walked recursively for image files, in sorted order."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                        yield str(Path(root) / name)
-        else:
-            yield item  # a missing file is reported per item, like any other bad input
+from typing import Sequence
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -60,34 +47,136 @@ def _options(args: argparse.Namespace):
     return base, over
 
 
-def cmd_caption(args: argparse.Namespace) -> int:
+def _load_captioner(args: argparse.Namespace):
     from .captioner import Captioner
 
+    return Captioner.load(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
+                          allow_urls=args.allow_urls, backend=args.backend, threads=args.threads)
+
+
+def _sidecar_ext(value: str) -> str:
+    from .discover import IMAGE_SUFFIXES
+
+    ext = value.lstrip(".")
+    if os.path.exists(value) or not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", ext):
+        raise ValueError(f"--sidecar {value!r} is not a file extension such as txt or caption; to caption "
+                         f"a path, put it before --sidecar (or write --sidecar=txt)")
+    if "." + ext.lower() in IMAGE_SUFFIXES | {".xmp"}:
+        raise ValueError(f"--sidecar {ext}: that extension belongs to images or XMP sidecars (use --xmp)")
+    return ext
+
+
+def _db_path(value: str | None) -> Path:
+    from .index import default_db_path
+
+    if not value:
+        path = default_db_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+    if os.path.isdir(value):
+        raise ValueError(f"the index database {value!r} is a folder; name a file (to caption a folder, "
+                         f"put it before --index, or write --index=DB)")
+    return Path(value)
+
+
+def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
+    """Discover, check every destination, load the model, run the bulk job, summarise."""
+    from .bulk import BulkJob, Reporter, StopRequest
     from .decoding import CaptionOptions
+    from .discover import find_images
+    from .progress import Progress
+    from .sinks import PrintSink, check_writable
 
     base, over = _options(args)
     (base or CaptionOptions()).replace(**over)  # impossible combinations fail before the model loads
-    cap = Captioner.load(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                         allow_urls=args.allow_urls, backend=args.backend, threads=args.threads)
-    paths = list(_expand(args.inputs))
-    failed = 0
-    for path, result in zip(paths, cap.caption_stream(paths, base, batch_size=args.batch_size, **over)):
-        if result.error is not None:
-            failed += 1
-            print(f"blipcap: skipped {result.error}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"path": path, "caption": None, "error": str(result.error)}), flush=True)
-            continue
+    if args.errors:
+        check_writable(Path(args.errors), "error log")
+        excluded.append(args.errors)
+    if not args.inputs and args.files_from is None:
+        raise ValueError("nothing to caption: give images, folders, glob patterns or --files-from LIST")
+    paths = find_images(args.inputs, recursive=not args.no_recursive, files_from=args.files_from, exclude=excluded)
+    printing = any(isinstance(s, PrintSink) for s in sinks)
+    quiet = args.quiet or (printing and sys.stdout.isatty())  # a bar would garble the captions
+    progress = Progress(len(paths), mode="off" if quiet else "auto")
+    stop = StopRequest()
+    job = BulkJob(paths, sinks, options=base, overrides=over, batch_size=args.batch_size, workers=args.workers, alt_text_max=args.alt_text_max if args.alt_text else None,
+                  reporter=Reporter(args.errors, progress), progress=progress, stop=stop)
+    job.prepare()  # an output that cannot be written fails before the model loads
+    cap = _load_captioner(args)
+    with stop.installed():
+        summary = job.run(cap)
+    if not args.quiet:
+        print(f"blipcap: {summary.line()}", file=sys.stderr)
+    if summary.failed:
+        where = f"; see {args.errors}" if args.errors else ""
+        print(f"blipcap: {summary.failed} of {summary.total} image(s) could not be captioned{where}", file=sys.stderr)
+    if summary.signal:
+        print(f"blipcap: stopped by signal {summary.signal}; run the same command again to continue",
+              file=sys.stderr)
+        return 128 + summary.signal
+    return 3 if summary.failed else 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .index import IndexSink
+    from .sinks import PrintSink, SidecarSink, XmpSink
+    from .tables import MetadataSink, open_output
+
+    sinks, excluded = [], []
+    if args.sidecar is not None:
+        sinks.append(SidecarSink(_sidecar_ext(args.sidecar), args.existing))
+    if args.output:
+        sinks.append(open_output(args.output, args.existing))
+        excluded.append(args.output)
+    if args.xmp:
+        sinks.append(XmpSink(args.existing))
+    if args.index is not None:
+        db = _db_path(args.index)
+        sinks.append(IndexSink(db, args.existing))
+        excluded.append(db)
+    if args.metadata_jsonl:
+        sinks.append(MetadataSink(args.metadata_jsonl, args.existing))
+        excluded.append(os.path.join(args.metadata_jsonl, "metadata.jsonl"))
+    if not sinks or args.json:
+        sinks.append(PrintSink(json_lines=args.json))
+    return _run_job(args, sinks, excluded)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .index import Index, IndexSink
+
+    db = _db_path(args.db)
+    status = 0
+    if args.inputs or args.files_from is not None:
+        status = _run_job(args, [IndexSink(db, args.existing)], [db])
+    elif not args.prune:
+        raise ValueError("nothing to index: give images, folders or --files-from LIST (or --prune)")
+    if args.prune and status in (0, 3):
+        index = Index(db, create=False)
+        gone = index.prune()
+        index.close()
+        if not args.quiet:
+            print(f"blipcap: pruned {len(gone)} entr{'y' if len(gone) == 1 else 'ies'} whose files are gone",
+                  file=sys.stderr)
+    return status
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    index = Index(_db_path(args.db), create=False)
+    bold = sys.stdout.isatty() and not args.json
+    hits = index.search(args.query, limit=args.limit, highlight=("\x1b[1m", "\x1b[0m") if bold else ("[", "]"))
+    index.close()
+    for hit in hits:
         if args.json:
-            record = {"path": path, "caption": result.text, "score": result.score}
-            if result.alternatives:
-                record["alternatives"] = [{"caption": a.text, "score": a.score} for a in result.alternatives]
-            print(json.dumps(record, ensure_ascii=False), flush=True)
+            print(json.dumps({"path": hit.path, "caption": hit.caption, "snippet": hit.snippet, "rank": hit.rank},
+                             ensure_ascii=False))
         else:
-            print(f"{path}\t{result.text}", flush=True)
-    if failed:
-        print(f"blipcap: {failed} of {len(paths)} image(s) could not be captioned", file=sys.stderr)
-    return 3 if failed else 0
+            print(f"{hit.path}\t{hit.snippet}")
+    if not hits:
+        print(f"blipcap: no image matches {args.query!r}", file=sys.stderr)
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -127,6 +216,45 @@ def _add_export_parser(sub) -> None:
     p.set_defaults(func=cmd_export_onnx)
 
 
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_DIR_OR_GLOB",
+                   help="images, folders (searched recursively) and glob patterns such as 'photos/**/*.jpg'")
+    p.add_argument("--files-from", metavar="LIST", help="also caption the paths in LIST, one per line (- for stdin)")
+    p.add_argument("--no-recursive", action="store_true", help="do not descend into subfolders")
+    p.add_argument("--allow-urls", action="store_true", help="fetch http(s) URLs given as inputs")
+
+
+def _add_option_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("caption options")
+    g.add_argument("--preset", choices=["default", "quality"], help="quality: 3 beams, 5-20 tokens (BLIP paper)")
+    g.add_argument("--beams", type=int, help="beam search with N beams (default: the checkpoint's, 1 for BLIP)")
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--min-new-tokens", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--prompt", help='conditional captioning: the caption continues this text, e.g. "a photo of"')
+    g.add_argument("--keep-prompt", action="store_true", help="include the prompt in the printed caption")
+    g.add_argument("--sample", action="store_true", help="sample instead of searching")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--no-artefact-filter", action="store_true", help='allow BLIP-large\'s "arafed" artefacts')
+    g.add_argument("--alt-text", action="store_true",
+                   help='write captions as alt text: no "a picture of" lead-in, capitalised, a period, short')
+    g.add_argument("--alt-text-max", type=int, default=125, metavar="N", help="alt text length limit (default 125)")
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("job")
+    g.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    g.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, at most 8)")
+    g.add_argument("--existing", choices=["skip", "overwrite", "append"], default="skip",
+                   help="images an output already holds: skip (default; re-runs resume), overwrite, or append "
+                        "another caption")
+    g.add_argument("--errors", metavar="FILE", help="write one line per failed image (path<TAB>reason) to FILE")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -134,26 +262,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"blipcap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("caption", help="caption images and folders", description="Print path<TAB>caption per image.")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p = sub.add_parser("caption", help="caption images and folders",
+                       description="Caption images, folders and glob patterns. With no output option, print "
+                                   "path<TAB>caption per image; --sidecar, --output, --xmp, --index and "
+                                   "--metadata-jsonl write files, in any combination.")
+    _add_input_args(p)
     _add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--preset", choices=["default", "quality"], help="quality: 3 beams, 5-20 tokens (BLIP paper)")
-    p.add_argument("--beams", type=int, help="beam search with N beams (default: the checkpoint's, 1 for BLIP)")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--min-new-tokens", type=int)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--prompt", help='conditional captioning: the caption continues this text, e.g. "a photo of"')
-    p.add_argument("--keep-prompt", action="store_true", help="include the prompt in the printed caption")
-    p.add_argument("--sample", action="store_true", help="sample instead of searching")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-artefact-filter", action="store_true", help='allow BLIP-large\'s "arafed" artefacts')
-    p.add_argument("--allow-urls", action="store_true", help="fetch http(s) URLs given as inputs")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_option_args(p)
+    _add_job_args(p)
+    out = p.add_argument_group("outputs (any combination; re-runs skip images already done)")
+    out.add_argument("--sidecar", nargs="?", const="txt", metavar="EXT",
+                     help="a caption file beside each image: photo.jpg -> photo.txt (or photo.EXT)")
+    out.add_argument("--output", metavar="FILE", help="one record per image: .jsonl, .csv or .parquet")
+    out.add_argument("--xmp", action="store_true",
+                     help="photo.xmp sidecars: dc:description and IPTC alt text, merged into existing ones")
+    out.add_argument("--index", nargs="?", const="", metavar="DB",
+                     help="add to a search index (default: the one `blipcap search` uses)")
+    out.add_argument("--metadata-jsonl", metavar="DIR",
+                     help="DIR/metadata.jsonl (file_name, text) for a Hugging Face ImageFolder dataset")
+    out.add_argument("--json", action="store_true", help="print one JSON object per line on stdout")
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("index", help="caption images into the search index",
+                       description="Caption images and folders into the search index (`caption --index`); "
+                                   "files already indexed and unchanged are skipped.")
+    _add_input_args(p)
+    _add_model_args(p)
+    _add_option_args(p)
+    _add_job_args(p)
+    p.add_argument("--db", metavar="DB", help="the index database (default: in your user data folder)")
+    p.add_argument("--prune", action="store_true", help="drop entries whose files no longer exist")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="find indexed images by what their captions say",
+                       description="Full-text search over the captions in the index, best match first.")
+    p.add_argument("query", help='words to look for, e.g. "dog on a beach"')
+    p.add_argument("--db", metavar="DB", help="the index database (default: in your user data folder)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: path, caption, snippet, rank")
+    p.set_defaults(func=cmd_search)
 
     _add_export_parser(sub)
 
@@ -168,10 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .export import ExportError
     from .hub import ModelNotAvailableError
+    from .sinks import SinkError
 
     try:
         return args.func(args)
-    except (ModelNotAvailableError, CheckpointError, ExportError, ImportError) as exc:
+    except (ModelNotAvailableError, CheckpointError, ExportError, ImportError, SinkError) as exc:
         print(f"blipcap: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # impossible option combinations, bad device/dtype
