@@ -110,11 +110,23 @@ class TorchBackend:
         model.eval().requires_grad_(False)
         return cls(model, dev, dt)
 
+    # Images per vision-encoder call on the CPU: bounds activation memory (a ViT-L layer holds
+    # ~100 MB of activations per 4 images) while keeping the matrix multiplications large.
+    cpu_encode_chunk = 4
+
     @torch.inference_mode()
     def encode(self, pixels: np.ndarray) -> torch.Tensor:
         """(B, 3, H, W) float32 pixels -> image memory: cross-attention K/V for every decoder layer."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
-        return self.model.encode(x)
+        chunk = self.cpu_encode_chunk if self.device.type == "cpu" else x.shape[0]
+        if x.shape[0] <= chunk:
+            return self.model.encode(x)
+        first = self.model.encode(x[:chunk])
+        out = first.new_empty(first.shape[:2] + (x.shape[0],) + first.shape[3:])  # (layers, 2, B, heads, N, hd)
+        out[:, :, :chunk] = first
+        for i in range(chunk, x.shape[0], chunk):
+            out[:, :, i : i + chunk] = self.model.encode(x[i : i + chunk])
+        return out
 
     def start(self, memory: torch.Tensor, group: int, prompts: np.ndarray, valid: np.ndarray,
               max_new: int) -> tuple[TorchSession, torch.Tensor]:
