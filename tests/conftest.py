@@ -1,62 +1,19 @@
-"""Shared fixtures: random-initialised BLIP checkpoints built with transformers, a BERT-format
-tokenizer with the real special-token ids, and the trained tiny fixture."""
+"""Shared fixtures: random-initialised BLIP checkpoints built with transformers (an independent
+construction from blipcap's own, which parity then checks), and the trained tiny fixture."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from blipcap.random_checkpoint import WORDS, bert_vocab, write_bert_tokenizer, write_preprocessor  # noqa: F401
+
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # tests/shapes.py
 
 TINY_FIXTURE = HERE / "fixtures" / "tiny-blip"
-BLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-BLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-# Words the prompt and bad-word tests use; "ara" + "##fed" is how BERT spells BLIP-large's "arafed".
-WORDS = ["a", "an", "the", "of", "picture", "photography", "photo", "image", "dog", "cat", "on", "in",
-         "beach", "with", "ara", "##fed", "##ffe", "red", "blue", "man", "woman", "sitting"]
-
-
-def bert_vocab(size: int = 30522) -> list[str]:
-    """A BERT-uncased-shaped vocabulary: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103."""
-    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab += WORDS
-    vocab += [f"w{i}" for i in range(size - len(vocab))]
-    assert len(vocab) == size
-    return vocab
-
-
-def write_bert_tokenizer(path: Path, vocab: list[str]) -> None:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    ids = {tok: i for i, tok in enumerate(vocab)}
-    tok = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
-    )
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"])
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512,
-         "additional_special_tokens": ["[DEC]", "[ENC]"]}))
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-
-
-def write_preprocessor(path: Path, size: int) -> None:
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-        "image_mean": BLIP_MEAN, "image_std": BLIP_STD, "image_processor_type": "BlipImageProcessor",
-        "processor_class": "BlipProcessor", "resample": 3, "rescale_factor": 1 / 255,
-        "size": {"height": size, "width": size},
-    }))
 
 
 def build_random_checkpoint(path: Path, *, seed: int = 0, text: dict | None = None, vision: dict | None = None,

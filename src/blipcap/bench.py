@@ -1,0 +1,224 @@
+"""`blipcap bench`: time blipcap (and, optionally, transformers) on the same images and options.
+
+Owns the measurement: load time, seconds per image split into image encoding and decoding,
+images/s, peak resident memory, and, with `against="transformers"`, transformers' figures at fp32
+and at bf16 (fp16 on a GPU) from the same run, the ratios, and token agreement.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Timing:
+    engine: str
+    dtype: str
+    seconds: float  # wall time to caption all images (after a one-image warm-up)
+    images: int
+    encode_seconds: float | None = None
+    load_seconds: float | None = None
+    peak_rss_mb: float | None = None
+
+    @property
+    def s_per_image(self) -> float:
+        return self.seconds / self.images
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+
+@dataclass
+class BenchResult:
+    model: str
+    options: dict
+    machine: dict
+    runs: list[Timing] = field(default_factory=list)
+    agreement: dict[str, float] = field(default_factory=dict)  # engine -> share of identical tokens vs blipcap
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for run, d in zip(self.runs, out["runs"]):
+            d.update(s_per_image=run.s_per_image, images_per_s=run.images_per_s)
+        base = self.runs[0].seconds if self.runs else None
+        # how many times faster blipcap's run is than each other run
+        out["speedup"] = {f"{r.engine} {r.dtype}": r.seconds / base for r in self.runs[1:]} if base else {}
+        return out
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": model, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+    try:
+        import torch
+
+        info.update(torch=torch.__version__, threads=torch.get_num_threads())
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def synthetic_images(n: int, seed: int = 0) -> list[Image.Image]:
+    """Smooth colour fields at 640x480: deterministic, and not all alike to an image encoder."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((640, 480), Image.BILINEAR)
+            for _ in range(n)]
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _time_blipcap(cap, images, opts, batch_size: int) -> tuple[float, float, list[list[int]]]:
+    backend = cap.backend
+    spent = [0.0]
+    encode = backend.encode
+
+    def timed_encode(pixels):
+        t0 = time.perf_counter()
+        out = encode(pixels)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    backend.encode = timed_encode  # instance attribute: measures this run only
+    try:
+        cap.caption(images[:1], opts)
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        caps = cap.caption(images, opts, batch_size=batch_size)
+        total = time.perf_counter() - t0
+    finally:
+        del backend.encode
+    return total, spent[0], [c.token_ids for c in caps]
+
+
+def _time_transformers(path: Path, images, opts, dtype: str, device: str) -> tuple[float, list[list[int]]]:
+    import torch
+    import transformers
+
+    torch_dtype = getattr(torch, dtype)
+    model = transformers.BlipForConditionalGeneration.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+    proc = transformers.BlipImageProcessorPil.from_pretrained(path)
+    gen = dict(num_beams=opts.num_beams, max_new_tokens=opts.max_new_tokens, min_new_tokens=opts.min_new_tokens)
+
+    def run(batch):
+        with torch.inference_mode():
+            pix = proc(batch, return_tensors="pt").pixel_values.to(device, torch_dtype)
+            return model.generate(pixel_values=pix, **gen)
+
+    run(images[:1])
+    t0 = time.perf_counter()
+    out = run(images)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    sep = model.config.text_config.sep_token_id
+    tokens = []
+    for row in out.tolist():
+        gen_ids = row[1:]
+        tokens.append(gen_ids[: gen_ids.index(sep)] if sep in gen_ids else gen_ids)
+    return secs, tokens
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    same = total = 0
+    for x, y in zip(a, b):
+        total += max(len(x), len(y))
+        same += sum(p == q for p, q in zip(x, y))
+    return same / max(total, 1)
+
+
+def run_bench(model: str | None = None, *, random: str | None = None, backend: str = "auto", device: str = "auto",
+              dtype: str = "auto", batch_size: int = 8, images: int = 8, beams: int = 3, new_tokens: int = 20,
+              against: str | None = None) -> BenchResult:
+    from .captioner import Captioner
+    from .decoding import CaptionOptions
+
+    if (model is None) == (random is None):
+        raise ValueError("give exactly one of a model or --random SHAPE")
+    opts = CaptionOptions(num_beams=beams, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                          suppress_artefacts=False)  # fixed-length captions: every engine does the same work
+    imgs = synthetic_images(images)
+    with tempfile.TemporaryDirectory(prefix="blipcap-bench-") as tmp:
+        path = Path(model) if model else None
+        if random:
+            from .random_checkpoint import build_random_checkpoint
+
+            path = build_random_checkpoint(Path(tmp) / f"random-{random}", random)
+        load_from, dtype_label = path, dtype
+        if backend == "onnx" and random:
+            from .export import export_onnx
+
+            load_from = export_onnx(path, Path(tmp) / "onnx", int8=dtype == "int8")
+        t0 = time.perf_counter()
+        cap = Captioner.load(load_from if path else model, backend=backend,
+                             **({} if backend == "onnx" else dict(device=device, dtype=dtype)))
+        load_s = time.perf_counter() - t0
+        info = cap.backend.info()
+        dtype_label = info["dtype"]
+        total, enc, ours = _time_blipcap(cap, imgs, opts, batch_size)
+        result = BenchResult(model=str(model or f"random {random}"), machine=machine(),
+                             options=dict(images=images, beams=beams, new_tokens=new_tokens, batch_size=batch_size,
+                                          backend=info["backend"], device=info["device"]))
+        result.runs.append(Timing("blipcap", dtype_label, total, images, enc, load_s, _peak_rss_mb()))
+        del cap
+        if against == "transformers":
+            hf_path = path if path is not None else _resolve_for_transformers(model)
+            dev = "cuda" if info["device"].startswith("cuda") else "cpu"
+            for hf_dtype in ("float32", "float16" if dev == "cuda" else "bfloat16"):
+                secs, tokens = _time_transformers(hf_path, imgs, opts, hf_dtype, dev)
+                result.runs.append(Timing("transformers", hf_dtype, secs, images))
+                result.agreement[f"transformers {hf_dtype}"] = agreement(ours, tokens)
+    return result
+
+
+def _resolve_for_transformers(model: str) -> Path:
+    from .hub import resolve
+
+    return resolve(model).path
+
+
+def format_table(result: BenchResult) -> str:
+    m, o = result.machine, result.options
+    lines = [
+        f"model: {result.model}; {o['images']} images, batch {o['batch_size']}, {o['beams']} beams, "
+        f"{o['new_tokens']} new tokens; backend {o['backend']} on {o['device']}",
+        f"machine: {m.get('cpu')}, {m.get('threads', '?')} threads{', ' + m['gpu'] if 'gpu' in m else ''}; {m['date']}",
+        "",
+        "| engine | dtype | s / image | encode s / image | decode s / image | images / s | blipcap speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    base = result.runs[0].seconds
+    for r in result.runs:
+        enc = f"{r.encode_seconds / r.images:.3f}" if r.encode_seconds is not None else "-"
+        dec = f"{(r.seconds - r.encode_seconds) / r.images:.3f}" if r.encode_seconds is not None else "-"
+        lines.append(f"| {r.engine} | {r.dtype} | {r.s_per_image:.3f} | {enc} | {dec} | {r.images_per_s:.3f} | "
+                     f"{r.seconds / base:.2f}x |")
+    first = result.runs[0]
+    lines.append("")
+    lines.append(f"blipcap load: {first.load_seconds:.2f} s; peak RSS: {first.peak_rss_mb:.0f} MB")
+    for engine, share in result.agreement.items():
+        lines.append(f"identical tokens, blipcap vs {engine}: {100 * share:.1f}%")
+    return "\n".join(lines)
