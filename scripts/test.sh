@@ -2,7 +2,7 @@
 # Quickstart 2: set up, then run the whole test suite (no network needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh torch,test
+bash scripts/setup.sh torch,serve,test
 # A second environment with onnxruntime and no torch: the tests prove an ONNX export captions there.
 if [ ! -x .venv-torchfree/bin/python ]; then
   python3 -m venv .venv-torchfree

@@ -255,6 +255,47 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServerConfig, require_serve_extra
+
+    require_serve_extra()  # before the model loads
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
+    config = ServerConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
+                          api_key=api_key, allow_urls=args.serve_allow_urls)
+    cap = _load_captioner(args)  # with allow_urls=False: the server fetches URLs itself, checked
+    from .server.run import serve
+
+    serve(cap, config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    from .images import DEFAULT_MAX_PIXELS
+
+    p = sub.add_parser("serve", help="run the HTTP captioning service (needs the serve extra)",
+                       description="POST /v1/caption, a web page at /, /healthz, /readyz, /metrics, /docs.")
+    _add_model_args(p)
+    g = p.add_argument_group("service")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--max-batch-size", type=int, default=16, help="images per model call (default 16)")
+    g.add_argument("--max-wait-ms", type=float, default=10.0, help="how long an image waits for its batch to fill")
+    g.add_argument("--max-queue", type=int, default=256, help="images admitted at once; more get 503 + Retry-After")
+    g.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit (413 above)")
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="per image (422 above)")
+    g.add_argument("--timeout-s", type=float, default=60.0, help="per request (504 above)")
+    g.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
+    g.add_argument("--allow-urls", dest="serve_allow_urls", action="store_true",
+                   help="fetch http(s) image URLs given in JSON bodies (public addresses only)")
+    g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve, allow_urls=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -303,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     _add_export_parser(sub)
+    _add_serve_parser(sub)
 
     p = sub.add_parser("models", help="list the short model names and whether they are cached")
     p.set_defaults(func=cmd_models)

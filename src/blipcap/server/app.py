@@ -1,0 +1,290 @@
+"""The FastAPI app: routes, the request flow, the body-size limit, the API key and metrics.
+
+A caption request: admit (auth, body size, readiness) -> parse -> reserve queue slots (503 when
+full) -> decode on the decode threads -> the batcher -> one JSON entry per image. Refusals of the
+whole request are `ApiError`s answered as {"error": ...}; a bad image is an entry of its own, and
+the request is 422 only when no image in it could be captioned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from .. import __version__
+from ..images import ImageError
+from .batcher import Batcher, QueueFull
+from .config import ServerConfig
+from .inputs import ApiError, Upload, decode, from_form, from_json, is_image, parse_options
+from .metrics import Metrics
+from .schemas import CAPTION_REQUEST_BODY, CAPTION_RESPONSES
+from .urls import UrlFetcher
+
+STATIC = Path(__file__).parent / "static"
+ROUTES = ("/", "/v1/caption", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+log = logging.getLogger("uvicorn.error")  # shown with uvicorn's own startup lines
+
+
+class Service:
+    """What the routes share: the captioner, the batcher, the decode threads, metrics, state."""
+
+    def __init__(self, captioner: Any, config: ServerConfig, fetcher: UrlFetcher | None):
+        self.captioner, self.config, self.metrics = captioner, config, Metrics()
+        if config.allow_urls and fetcher is None:
+            fetcher = UrlFetcher(max_bytes=config.max_url_bytes, timeout_s=config.url_timeout_s)
+        self.fetcher = fetcher if config.allow_urls else None
+        self.ready = False
+        self.draining = False
+        self.batcher: Batcher | None = None
+        self.decoder: ThreadPoolExecutor | None = None
+        self._warmup: asyncio.Task | None = None
+        self._requests = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.decoder = ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="blipcap-decode")
+        self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size, max_wait_s=cfg.max_wait_ms / 1000,
+                               max_queue=cfg.max_queue, metrics=self.metrics)
+        await self.batcher.start()
+        self._warmup = asyncio.get_running_loop().create_task(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        # first-call allocations and kernel selection happen here, not in a client's request
+        await self.batcher.run_in_model_thread(self.captioner.caption, [Image.new("RGB", (64, 64), "gray")])
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("blipcap: model %s loaded and warmed up", self.captioner.model_id)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: refuse new requests, run what is queued without waiting for batches to fill."""
+        self.draining = True
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            self.batcher.drain()
+
+    async def stop(self) -> None:
+        self.begin_drain()
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop(timeout=self.config.timeout_s)
+        if self.decoder is not None:
+            self.decoder.shutdown(wait=False, cancel_futures=True)
+
+    def _run_batch(self, images: list, prompts: list, options: Any) -> list:
+        """On the model thread: one model call for the whole batch."""
+        return self.captioner.caption(images, options, errors="return", batch_size=len(images), prompt=prompts)
+
+    # --- one caption request -------------------------------------------------------------------------
+
+    async def caption(self, request: Request) -> JSONResponse:
+        start = time.monotonic()
+        try:
+            if self.draining:
+                raise ApiError(503, "shutting down; retry on another instance", "draining",
+                               {"Retry-After": "1", "Connection": "close"})
+            if not self.ready:
+                raise ApiError(503, "the model is warming up; retry shortly", "not_ready", {"Retry-After": "1"})
+            try:
+                status, entries = await asyncio.wait_for(self._caption(request), self.config.timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(504, f"request took longer than {self.config.timeout_s:g} s", "timeout") from None
+            return JSONResponse(entries, status_code=status)
+        finally:
+            self.metrics.request_seconds.observe(time.monotonic() - start)
+
+    async def _caption(self, request: Request) -> tuple[int, list[dict]]:
+        uploads, raw_options = await self._parse(request)
+        if len(uploads) > self.config.max_queue:
+            raise ApiError(413, f"{len(uploads)} images in one request; the limit is {self.config.max_queue}",
+                           "too_many_images")
+        cfg, cap = self.config, self.captioner
+        options = parse_options(raw_options, cap, cfg.max_beams, cfg.max_new_tokens)
+        prompt, options = options.prompt, options.replace(prompt=None)  # prompts ride per image
+        self._requests += 1
+        # Seeded sampling depends on the whole batch's draws: batch such a request only with itself.
+        key = (options, self._requests) if options.do_sample and options.seed is not None else options
+        try:
+            reservation = self.batcher.reserve(len(uploads))
+        except QueueFull as e:
+            raise ApiError(503, str(e), "queue_full", {"Retry-After": str(e.retry_after)}) from None
+        try:
+            loop = asyncio.get_running_loop()
+            decoded = await asyncio.gather(*(
+                loop.run_in_executor(self.decoder, _decode, u, cfg.max_pixels, cap.preprocessor, self.fetcher)
+                for u in uploads))
+            good = [image for image in decoded if is_image(image)]
+            futures = self.batcher.submit(reservation, good, [prompt] * len(good), options, key) if good else []
+            del good  # the queue holds them now; this frame should not outlive a cancelled request's images
+            captions = iter(await asyncio.gather(*futures))
+        finally:
+            reservation.release()
+        entries = []
+        for item in decoded:
+            if isinstance(item, ImageError):
+                self.metrics.images.inc(outcome="error")
+                self.metrics.errors.inc(kind=type(item).__name__)
+                entries.append({"error": str(item), "error_type": type(item).__name__})
+            else:
+                self.metrics.images.inc(outcome="ok")
+                entries.append(_entry(next(captions)))
+        ok = any("error" not in e for e in entries)
+        return (200 if ok else 422), entries
+
+    async def _parse(self, request: Request) -> tuple[list[Upload], dict]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.headers.get("content-length") == "0":
+            raise ApiError(400, "empty request body: send multipart 'image' files, JSON, or an image", "bad_request")
+        if ctype == "multipart/form-data":
+            return await from_form(request, max_files=self.config.max_queue)
+        if ctype not in ("application/json", "application/octet-stream") and not ctype.startswith("image/"):
+            raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: use multipart/form-data, "
+                                "application/json, or image/*", "unsupported_media_type")
+        body = await request.body()
+        if not body:
+            raise ApiError(400, "empty request body: send multipart 'image' files, JSON, or an image", "bad_request")
+        if ctype == "application/json":
+            return from_json(body)
+        return [Upload("body", data=body)], {}  # a raw image, as the Hugging Face Inference API takes
+
+
+def _decode(upload: Upload, max_pixels, preprocessor, fetcher):
+    return decode(upload, max_pixels=max_pixels, preprocessor=preprocessor, fetcher=fetcher)
+
+
+def _entry(caption: Any) -> dict:
+    entry = {"generated_text": caption.text, "score": caption.score}
+    if caption.alternatives:
+        entry["alternatives"] = [{"generated_text": a.text, "score": a.score} for a in caption.alternatives]
+    return entry
+
+
+# --- middleware: body-size cap and request counting ------------------------------------------------
+
+class _BodyTooLarge(ApiError):
+    def __init__(self, limit_mb: float):
+        super().__init__(413, f"request body exceeds the {limit_mb:g} MB limit", "too_large")
+
+
+class LimitAndCount:
+    """Pure ASGI: refuse bodies over the cap (from Content-Length at once, else while they stream)
+    and count every response by route and status."""
+
+    def __init__(self, app: Any, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit, metrics = self.service.config.max_upload_bytes, self.service.metrics
+        path = scope["path"]
+        route = path if path in ROUTES else ("/static" if path.startswith("/static/") else "other")
+        status = {"code": 500, "started": False}
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        try:
+            if length.isdigit() and int(length) > limit:
+                raise _BodyTooLarge(self.service.config.max_upload_mb)
+            seen = 0
+
+            async def capped_receive():
+                nonlocal seen
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge(self.service.config.max_upload_mb)
+                return message
+
+            await self.app(scope, capped_receive, counting_send)
+        except _BodyTooLarge as e:
+            if status["started"]:
+                raise
+            await _error(e, metrics)(scope, receive, counting_send)
+        finally:
+            metrics.requests.inc(route=route, status=str(status["code"]))
+
+
+def _error(e: ApiError, metrics: Metrics) -> JSONResponse:
+    metrics.errors.inc(kind=e.kind)
+    return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+
+
+# --- the app -----------------------------------------------------------------------------------------
+
+def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: UrlFetcher | None = None) -> FastAPI:
+    """The service for one loaded Captioner. `fetcher` replaces the URL fetcher (tests)."""
+    service = Service(captioner, config or ServerConfig(), fetcher)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="blipcap", version=__version__, lifespan=lifespan,
+                  description="Image captioning with BLIP. POST images to /v1/caption.")
+    app.state.service = service
+    app.add_middleware(LimitAndCount, service=service)
+    app.add_exception_handler(ApiError, lambda request, e: _error(e, service.metrics))
+
+    bearer = HTTPBearer(auto_error=False, description="the API key, when the server was started with --api-key-env")
+    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key (alternative header)")
+
+    def require_key(token: HTTPAuthorizationCredentials | None = Depends(bearer), key: str | None = Depends(header)):
+        expected = service.config.api_key
+        if expected is None:
+            return
+        given = key if key is not None else (token.credentials if token is not None else "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY, or X-API-Key: KEY)",
+                           "unauthorized", {"WWW-Authenticate": "Bearer"})
+
+    @app.post("/v1/caption", dependencies=[Depends(require_key)], responses=CAPTION_RESPONSES,
+              openapi_extra={"requestBody": CAPTION_REQUEST_BODY}, summary="Caption one or more images")
+    async def caption(request: Request):
+        """One entry per image, in order: {"generated_text", "score"} or {"error", "error_type"}.
+        The status is 200 when at least one image was captioned, 422 when none could be."""
+        return await service.caption(request)
+
+    @app.get("/healthz", summary="Alive")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Model loaded and warmed up", responses={503: {"description": "not ready"}})
+    async def readyz():
+        if service.ready:
+            return {"status": "ready", "model": service.captioner.model_id}
+        state = "draining" if service.draining else "warming up"
+        return JSONResponse({"status": state}, status_code=503)
+
+    @app.get("/metrics", dependencies=[Depends(require_key)], response_class=PlainTextResponse,
+             summary="Prometheus metrics")
+    async def metrics():
+        if service.batcher is not None:
+            service.metrics.queue_depth.set(service.batcher.depth)
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,55 @@
+"""The service's limits and settings, one frozen dataclass shared by the app, batcher and runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..images import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # batching
+    max_batch_size: int = 16  # images per model call
+    max_wait_ms: float = 10.0  # how long the oldest queued image waits for its batch to fill
+    max_queue: int = 256  # images waiting or being decoded; more -> 503 + Retry-After
+
+    # per-request limits
+    max_upload_mb: float = 20.0  # request body, whatever its shape; more -> 413
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # per image, from its header; more -> 422
+    timeout_s: float = 60.0  # body read + decode + queue + model; more -> 504
+    max_beams: int = 8  # num_beams and num_return_sequences above this -> 422
+    max_new_tokens: int = 64  # also bounded by the model's positions
+
+    # access
+    api_key: str | None = None  # when set, /v1/* and /metrics need it (401 without)
+    allow_urls: bool = False  # fetch http(s) image URLs, public addresses only
+    url_timeout_s: float = 10.0  # total, per URL, redirects included
+    max_url_mb: float = 20.0  # per URL body
+
+    # threads
+    decode_workers: int = 2  # image decoding and URL fetching, off the event loop
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if self.max_wait_ms < 0:
+            raise ValueError("max_wait_ms must be >= 0")
+        if self.max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        if self.max_upload_mb <= 0 or self.max_url_mb <= 0:
+            raise ValueError("upload and URL size caps must be > 0")
+        if self.timeout_s <= 0 or self.url_timeout_s <= 0:
+            raise ValueError("timeouts must be > 0")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError("max_pixels must be >= 1")
+        if self.decode_workers < 1:
+            raise ValueError("decode_workers must be >= 1")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_url_bytes(self) -> int:
+        return int(self.max_url_mb * 1024 * 1024)
