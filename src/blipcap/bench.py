@@ -163,15 +163,16 @@ def run_bench(model: str | None = None, *, random: str | None = None, backend: s
     imgs = synthetic_images(images)
     with tempfile.TemporaryDirectory(prefix="blipcap-bench-") as tmp:
         path = Path(model) if model else None
+        # building and exporting run in child processes, so this process's peak memory is captioning's
         if random:
-            from .random_checkpoint import build_random_checkpoint
-
-            path = build_random_checkpoint(Path(tmp) / f"random-{random}", random)
-        load_from, dtype_label = path, dtype
+            path = Path(tmp) / f"random-{random}"
+            _child("from blipcap.random_checkpoint import build_random_checkpoint as b; b(sys.argv[1], sys.argv[2])",
+                   str(path), random)
+        load_from = path
         if backend == "onnx" and random:
-            from .export import export_onnx
-
-            load_from = export_onnx(path, Path(tmp) / "onnx", int8=dtype == "int8")
+            load_from = Path(tmp) / "onnx"
+            _child("from blipcap.export import export_onnx as e; e(sys.argv[1], sys.argv[2], int8=sys.argv[3] == 'int8')",
+                   str(path), str(load_from), dtype)
         t0 = time.perf_counter()
         cap = Captioner.load(load_from if path else model, backend=backend,
                              **({} if backend == "onnx" else dict(device=device, dtype=dtype)))
@@ -192,6 +193,12 @@ def run_bench(model: str | None = None, *, random: str | None = None, backend: s
                 result.runs.append(Timing("transformers", hf_dtype, secs, images))
                 result.agreement[f"transformers {hf_dtype}"] = agreement(ours, tokens)
     return result
+
+
+def _child(code: str, *args: str) -> None:
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", "import sys; " + code, *args], check=True)
 
 
 def _resolve_for_transformers(model: str) -> Path:

@@ -203,6 +203,36 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+
+    result = run_bench(args.model, random=args.random, backend=args.backend, device=args.device, dtype=args.dtype,
+                       batch_size=args.batch_size, images=args.images, beams=args.beams, new_tokens=args.new_tokens,
+                       against=args.against)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
+    return 0
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="time blipcap (and transformers) on the same images and options",
+                       description="Seconds per image (encode/decode), images/s, load time, peak memory.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="short name, Hub repo id, checkpoint or ONNX export directory")
+    which.add_argument("--random", choices=["large", "base", "tiny"],
+                       help="a random-initialised checkpoint of this shape, built in a temp dir (offline)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"],
+                   help="int8: with --random and --backend onnx, a dynamically quantised export")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=20)
+    p.add_argument("--against", choices=["transformers"], help="also time transformers at fp32 and bf16/fp16")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+
 def _add_export_parser(sub) -> None:
     p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX graphs for the onnx backend",
                        description="Export the image encoder and decoder step to ONNX, validated against PyTorch.")
@@ -344,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     _add_export_parser(sub)
+    _add_bench_parser(sub)
     _add_serve_parser(sub)
 
     p = sub.add_parser("models", help="list the short model names and whether they are cached")
