@@ -25,13 +25,12 @@ import hashlib
 import io
 import json
 import os
+import queue
 import signal
 import stat
 import sys
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -124,24 +123,61 @@ class _Item:
     error: str | None = None  # "<ErrorKind>: <reason>"
 
 
-def decode_ahead(items: Iterable[Any], fn: Callable[[Any], Any], workers: int, depth: int) -> Iterator[Any]:
-    """``fn(item)`` for each item in worker threads, in order, with at most ``depth`` in flight."""
-    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="blipcap-decode")
-    window: deque = deque()
-    it = iter(items)
+_END = object()
+
+
+def decode_ahead(items: Iterable[Any], fn: Callable[[Any], Any], workers: int, depth: int,
+                 stopped: Callable[[], bool] = lambda: False) -> Iterator[Any]:
+    """``fn(item)`` for each item in worker threads, yielded in order, with at most ``depth`` in flight.
+
+    The workers are daemon threads and the wait for a result checks ``stopped()`` every 0.2 s, so a
+    read that never returns (a stalled network mount, a FIFO) can neither stall a stop request nor
+    keep the process alive after it.
+    """
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    done: dict[int, tuple[bool, Any]] = {}
+    ready = threading.Condition()
+
+    def work() -> None:
+        while (job := todo.get()) is not None:
+            n, item = job
+            try:
+                out = (True, fn(item))
+            except BaseException as e:  # handed to the consumer, raised there
+                out = (False, e)
+            with ready:
+                done[n] = out
+                ready.notify_all()
+
+    threads = [threading.Thread(target=work, name="blipcap-decode", daemon=True) for _ in range(max(1, workers))]
+    for t in threads:
+        t.start()
+    it, sent, taken = iter(items), 0, 0
     try:
-        for item in it:
-            window.append(pool.submit(fn, item))
-            if len(window) >= depth:
-                break
-        while window:
-            result = window.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                window.append(pool.submit(fn, nxt))
-            yield result
+        while True:
+            while sent - taken < depth and (item := next(it, _END)) is not _END:
+                todo.put((sent, item))
+                sent += 1
+            if taken == sent:
+                return
+            with ready:
+                while taken not in done:
+                    if stopped():
+                        return
+                    ready.wait(0.2)
+                ok, out = done.pop(taken)
+            taken += 1
+            if not ok:
+                raise out
+            yield out
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        while True:  # drop what is queued; each idle worker then takes a None and ends
+            try:
+                todo.get_nowait()
+            except queue.Empty:
+                break
+        for _ in threads:
+            todo.put(None)
 
 
 def _sha256(f) -> str:
@@ -257,7 +293,8 @@ class BulkJob:
         decode = _decoder(pre.size, pre.resample, pre.do_resize, captioner.max_pixels, captioner.allow_urls)
         depth = max(2 * self.batch_size, 2 * self.workers)
         start = time.monotonic()
-        decoded = decode_ahead(self._plan(), decode, self.workers, depth)
+        stopped = (lambda: self.stop.signum is not None) if self.stop else (lambda: False)
+        decoded = decode_ahead(self._plan(), decode, self.workers, depth, stopped)
         try:
             self._loop(decoded)
         except KeyboardInterrupt:
@@ -325,7 +362,7 @@ class BulkJob:
                     batch, waiting = [], {}
             if len(self._ready) >= 4 * self.batch_size:
                 self._flush()
-        if batch:
+        if batch and not (self.stop is not None and self.stop.signum):
             self._caption(batch, waiting)
 
     def _caption(self, batch: list[_Item], waiting: dict[str, list[_Item]]) -> None:

@@ -37,6 +37,7 @@ class _Table(Sink):
         self._file: io.TextIOBase | None = None
         check_writable(self.path, self.what)
         if self.path.is_file() and self.path.stat().st_size:
+            self._check_ours()  # before any repair: never cut someone else's file
             self._repair_tail()
             for key, error in self._scan():
                 self._stale |= key in self._last
@@ -133,6 +134,17 @@ class _Table(Sink):
     def _complete_row(self, line: bytes) -> bool:
         return False
 
+    def _signature(self) -> bytes:
+        """How every file of ours starts (a kill can tear even that: a prefix of it counts)."""
+        raise NotImplementedError
+
+    def _check_ours(self) -> None:
+        sig = self._signature()
+        with open(self.path, "rb") as f:
+            head = f.read(len(sig))
+        if not (head.startswith(sig) or sig.startswith(head)):
+            raise self._bad("", f"starts with {head[:40]!r}")
+
     def _bad(self, where: str, why: str) -> SinkError:
         return SinkError(f"{self.path}{where} {why}: it does not look like a blipcap {self.what}; "
                          f"use another file name or move it away")
@@ -170,6 +182,9 @@ class JsonlSink(_Table):
 
     _key_field = "path"
 
+    def _signature(self) -> bytes:
+        return b'{"' + self._key_field.encode() + b'": '
+
     def _complete_row(self, line: bytes) -> bool:
         try:
             return isinstance(json.loads(line), dict)
@@ -186,6 +201,9 @@ class CsvSink(_Table):
 
     def _header(self) -> str:
         return ",".join(COLUMNS) + "\n"
+
+    def _signature(self) -> bytes:
+        return self._header().encode()
 
     def _rows(self) -> Iterator[dict]:
         with open(self.path, encoding="utf-8", newline="") as f:
