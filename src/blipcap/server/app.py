@@ -128,7 +128,6 @@ class Service:
                 for u in uploads))
             good = [image for image in decoded if is_image(image)]
             futures = self.batcher.submit(reservation, good, [prompt] * len(good), options, key) if good else []
-            del good  # the queue holds them now; this frame should not outlive a cancelled request's images
             captions = iter(await asyncio.gather(*futures))
         finally:
             reservation.release()

@@ -1,0 +1,155 @@
+"""`blipcap serve` under load: 32 concurrent clients versus sequential single-image requests.
+
+    python benchmarks/bench_serve.py                          # large shape, CPU fp32, greedy, 4 new tokens
+    python benchmarks/bench_serve.py --device cuda --dtype float16 --sequential 64 --requests 512
+
+Builds a random-initialised checkpoint of the chosen shape in a temp dir (nothing is downloaded),
+starts `blipcap serve` on a free 127.0.0.1 port, and sends 640x480 JPEGs, one image per request,
+first one request at a time, then from `--clients` concurrent clients. Every caption is forced to
+exactly `--new-tokens` tokens (min = max) so both phases do the same work. Reports images/s, p50 and
+p99 latency of each phase, their throughput ratio, and the mean batch size the server formed (from
+its /metrics). All traffic stays on the loopback interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from blipcap.bench import machine, synthetic_images
+from blipcap.random_checkpoint import build_random_checkpoint
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(text: str, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def start_server(model: Path, args, log) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "blipcap", "serve", "--model", str(model), "--device", args.device,
+           "--dtype", args.dtype, "--host", "127.0.0.1", "--port", str(port),
+           "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+           "--max-queue", str(max(256, 2 * args.clients)), "--timeout-s", "3600", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"blipcap serve exited with {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the server did not become ready")
+
+
+async def phase(base: str, bodies: list[bytes], options: dict, requests: int, clients: int) -> tuple[float, list]:
+    """`requests` single-image requests from `clients` concurrent clients: (wall seconds, latencies)."""
+    latencies: list[float] = []
+    next_index = iter(range(requests))
+    form = {"options": json.dumps(options)}
+
+    async def client(http: httpx.AsyncClient):
+        for i in next_index:
+            body = bodies[i % len(bodies)]
+            t0 = time.perf_counter()
+            r = await http.post(f"{base}/v1/caption", files={"image": (f"{i}.jpg", body, "image/jpeg")}, data=form)
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200 or "generated_text" not in r.json()[0]:
+                raise SystemExit(f"request {i} failed: {r.status_code} {r.text[:200]}")
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=3600, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        return time.perf_counter() - t0, latencies
+
+
+def summary(name: str, requests: int, wall: float, latencies: list[float]) -> dict:
+    return {"phase": name, "requests": requests, "seconds": wall, "images_per_s": requests / wall,
+            "p50_s": float(np.percentile(latencies, 50)), "p99_s": float(np.percentile(latencies, 99))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=["large", "base", "tiny"], default="large")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--sequential", type=int, default=6, help="requests sent one at a time")
+    ap.add_argument("--requests", type=int, default=48, help="requests sent by the concurrent clients, in all")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--beams", type=int, default=1)
+    ap.add_argument("--new-tokens", type=int, default=4)
+    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    options = {"num_beams": args.beams, "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    bodies = []
+    for image in synthetic_images(16):
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=90)
+        bodies.append(buf.getvalue())
+
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w+") as log:
+        ckpt = build_random_checkpoint(Path(tmp) / "ckpt", args.shape)
+        proc, base = start_server(ckpt, args, log)
+        try:
+            # warm-up: one request alone, then one full batch (first-use allocations for that size)
+            asyncio.run(phase(base, bodies, options, 1, 1))
+            asyncio.run(phase(base, bodies, options, args.max_batch_size, args.max_batch_size))
+            seq_wall, seq_lat = asyncio.run(phase(base, bodies, options, args.sequential, 1))
+            before = httpx.get(f"{base}/metrics").text
+            con_wall, con_lat = asyncio.run(phase(base, bodies, options, args.requests, args.clients))
+            after = httpx.get(f"{base}/metrics").text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+    batches = metric(after, "blipcap_batch_size_count") - metric(before, "blipcap_batch_size_count")
+    images = metric(after, "blipcap_batch_size_sum") - metric(before, "blipcap_batch_size_sum")
+    rows = [summary("sequential, 1 client", args.sequential, seq_wall, seq_lat),
+            summary(f"{args.clients} concurrent clients", args.requests, con_wall, con_lat)]
+    result = {"shape": args.shape, "device": args.device, "dtype": args.dtype, "beams": args.beams,
+              "new_tokens": args.new_tokens, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+              "phases": rows, "throughput_ratio": rows[1]["images_per_s"] / rows[0]["images_per_s"],
+              "mean_batch_size": images / batches, "machine": machine()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{args.shape}-shaped random BLIP, {args.device} {args.dtype}, beams={args.beams}, exactly "
+          f"{args.new_tokens} new tokens, --max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms}")
+    print(", ".join(f"{k} {v}" for k, v in result["machine"].items()))
+    print("| clients | requests | images / s | p50 latency | p99 latency |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['phase']} | {row['requests']} | {row['images_per_s']:.3f} | {row['p50_s']:.2f} s "
+              f"| {row['p99_s']:.2f} s |")
+    print(f"throughput ratio: {result['throughput_ratio']:.2f}x; mean batch under load: "
+          f"{result['mean_batch_size']:.1f} images")
+
+
+if __name__ == "__main__":
+    main()
