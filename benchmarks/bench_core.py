@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+
+from blipcap.bench import agreement, machine  # noqa: E402
+from blipcap.bench import synthetic_images as images  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import build_random_checkpoint  # noqa: E402
@@ -40,25 +39,7 @@ SHAPES = {
 
 
 def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:
-        return platform.processor() or "unknown"
-
-
-def images(n: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((640, 480), Image.BILINEAR)
-            for _ in range(n)]
-
-
-def agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    same = total = 0
-    for x, y in zip(a, b):
-        total += max(len(x), len(y))
-        same += sum(p == q for p, q in zip(x, y))
-    return same / max(total, 1)
+    return machine()["cpu"]
 
 
 def main() -> None:
