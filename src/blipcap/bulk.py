@@ -193,7 +193,6 @@ def is_url(path: str) -> bool:
 
 def _decoder(size: tuple[int, int], resample: int, resize: bool, max_pixels: int | None, allow_urls: bool):
     """The worker function: an _Item -> the same item with sha256, size and model-ready image, or error."""
-    height, width = size
 
     def decode(item: _Item) -> _Item:
         path = item.path
@@ -208,19 +207,43 @@ def _decoder(size: tuple[int, int], resample: int, resize: bool, max_pixels: int
                     f.seek(0)
                     item.sha256 = _sha256(f)
                 image, source = load_image(path, max_pixels=max_pixels, draft_size=size), path
-            item.width, item.height = _stored_size(source, image) if head == _JPEG else image.size
-            if resize and image.size != (width, height):  # exactly the preprocessor's resize
-                image = image.resize((width, height), resample)
-            item.image = image
-        except ImageError as e:
-            item.error = f"{type(e).__name__}: {e.reason}"
-        except OSError as e:
-            item.error = f"UnreadableImageError: cannot open: {e.strerror or e}"
+            item.image, item.width, item.height = model_input(image, head, source, size, resample, resize)
         except Exception as e:  # one bad file never stops the job
-            item.error = f"{type(e).__name__}: {e}"
+            item.error = failure_text(e)
         return item
 
     return decode
+
+
+def model_input(image: Image.Image, head: bytes, source, size: tuple[int, int], resample: int,
+                resize: bool) -> tuple[Image.Image, int, int]:
+    """A decoded image resized exactly as the preprocessor would, and its stored width and height.
+
+    ``head``: the file's first 3 bytes; ``source``: the file (path or file object), read again for
+    a JPEG's stored size, which draft mode may have decoded smaller.
+    """
+    height, width = size
+    stored = _stored_size(source, image) if head == _JPEG else image.size
+    if resize and image.size != (width, height):
+        image = image.resize((width, height), resample)
+    return image, *stored
+
+
+def decode_bytes(data: bytes, size: tuple[int, int], resample: int, resize: bool,
+                 max_pixels: int | None) -> tuple[Image.Image, int, int]:
+    """A file's bytes decoded as the folder job decodes the file: (model-ready image, stored width,
+    height). Raises ImageError. The Ray job (distributed.py) decodes with this."""
+    image = load_image(data, max_pixels=max_pixels, draft_size=size)
+    return model_input(image, data[:3], io.BytesIO(data), size, resample, resize)
+
+
+def failure_text(e: Exception) -> str:
+    """How a file's failure reads in the error column and log: "<ErrorKind>: <reason>"."""
+    if isinstance(e, ImageError):
+        return f"{type(e).__name__}: {e.reason}"
+    if isinstance(e, OSError):
+        return f"UnreadableImageError: cannot open: {e.strerror or e}"
+    return f"{type(e).__name__}: {e}"
 
 
 def _fetch(item: _Item, size, max_pixels, allow_urls) -> tuple[Image.Image, bytes, io.BytesIO]:
