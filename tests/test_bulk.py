@@ -253,6 +253,16 @@ def test_exif_rotated_jpeg_reports_its_upright_size(cap, tmp_path):
     assert (row["width"], row["height"]) == (900, 1200)
 
 
+def test_exif_rotated_jpeg_is_captioned_upright_once(cap, tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display = stored rotated 90 degrees clockwise
+    path = tmp_path / "rotated.jpg"
+    make_image("blue", "triangle", "left").transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
+    run(cap, [str(path)], [JsonlSink(tmp_path / "o.jsonl")])
+    (row,) = read_jsonl(tmp_path / "o.jsonl")
+    assert row["caption"] == caption_for("blue", "triangle", "left")  # not rotated a second time
+
+
 def test_alt_text_rules():
     assert alt_text("a picture of a dog running on the beach") == "A dog running on the beach."
     assert alt_text("there is a picture of a cat") == "A cat."
