@@ -128,6 +128,22 @@ def test_multipart_json_hf_and_raw_bodies_caption_each_image(cap):
     run(scenario())
 
 
+def test_exif_rotated_photos_are_turned_upright_once(cap):
+    upright = make_image(*RED)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6 turns it back (ROTATE_270)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    assert cap.caption([buf.getvalue()])[0].text == caption_for(*RED)
+
+    async def scenario():
+        async with serving(cap) as c:
+            r = await c.post("/v1/caption", files={"image": ("rotated.jpg", buf.getvalue(), "image/jpeg")})
+            assert r.json()[0]["generated_text"] == caption_for(*RED)
+    run(scenario())
+
+
 def test_options_reach_the_model_and_match_the_library(cap):
     image = make_image(*RED)
     expected = cap.caption([image], num_beams=3, num_return_sequences=2)[0]

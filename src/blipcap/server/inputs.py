@@ -193,6 +193,9 @@ def decode(upload: Upload, *, max_pixels: int | None, preprocessor: Any, fetcher
                 raise UnreadableImageError(upload.label, "URL inputs are off on this server (start it with --allow-urls)")
             data = fetcher.fetch(upload.url)
         image = load_image(data, max_pixels=max_pixels)
+        # It is upright now, but keeps its EXIF (and XMP) orientation, which caption() would apply a
+        # second time when it loads this image again: drop the metadata; only the pixels matter.
+        image.info = {}
         if preprocessor.do_resize:  # exactly the resize the preprocessor would do, done here
             height, width = preprocessor.size
             if image.size != (width, height):
