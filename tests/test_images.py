@@ -337,6 +337,9 @@ def test_exif_orientation(orientation, size, red_at, black_at):
     image = load_image(exif_jpeg(orientation))
     assert image.size == size
     assert is_red(image.getpixel(red_at)) and not is_red(image.getpixel(black_at))
+    # an uprighted image is upright: loading it again (e.g. a PIL image handed to caption()) keeps it
+    again = load_image(image)
+    assert again.size == size and is_red(again.getpixel(red_at)) and not is_red(again.getpixel(black_at))
 
 
 # -- every input kind ------------------------------------------------------------------------------
