@@ -120,7 +120,9 @@ def _time_transformers(path: Path, images, opts, dtype: str, device: str) -> tup
 
     torch_dtype = getattr(torch, dtype)
     model = transformers.BlipForConditionalGeneration.from_pretrained(path, dtype=torch_dtype).to(device).eval()
-    proc = transformers.BlipImageProcessorPil.from_pretrained(path)
+    # the PIL backend resizes as blipcap does and needs no torchvision (transformers >= 5)
+    proc_cls = getattr(transformers, "BlipImageProcessorPil", transformers.BlipImageProcessor)
+    proc = proc_cls.from_pretrained(path)
     gen = dict(num_beams=opts.num_beams, max_new_tokens=opts.max_new_tokens, min_new_tokens=opts.min_new_tokens)
 
     def run(batch):
