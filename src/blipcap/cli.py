@@ -105,6 +105,11 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     cap = _load_captioner(args)
     with stop.installed():
         summary = job.run(cap)
+    return _summarise(args, summary)
+
+
+def _summarise(args: argparse.Namespace, summary) -> int:
+    """The summary lines on stderr, and the exit status."""
     if not args.quiet:
         print(f"blipcap: {summary.line()}", file=sys.stderr)
     if summary.failed:
@@ -117,11 +122,46 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     return 3 if summary.failed else 0
 
 
+def _run_ray(args: argparse.Namespace) -> int:
+    """caption --engine ray: the Ray Data job (distributed.py) writes Parquet shards to --output DIR."""
+    from .bulk import Reporter
+    from .decoding import CaptionOptions
+    from .distributed import ModelSpec, PoolSpec, RayJob
+    from .sinks import check_writable
+
+    local_only = [flag for flag, used in (("--sidecar", args.sidecar is not None), ("--xmp", args.xmp),
+                                          ("--index", args.index is not None), ("--json", args.json),
+                                          ("--metadata-jsonl", args.metadata_jsonl), ("--allow-urls", args.allow_urls),
+                                          (f"--existing {args.existing}", args.existing != "skip")) if used]
+    if local_only:
+        raise ValueError(f"--engine ray writes --output DIR only; {', '.join(local_only)}: use the local engine")
+    if not args.output:
+        raise ValueError("--engine ray needs --output DIR, the folder its Parquet shards go to")
+    if not args.inputs and args.files_from is None:
+        raise ValueError("nothing to caption: give folders, images, URIs (s3://...) or --files-from LIST")
+    base, over = _options(args)
+    (base or CaptionOptions()).replace(**over)  # impossible combinations fail before Ray starts
+    if args.errors:
+        check_writable(Path(args.errors), "error log")
+    model = ModelSpec(args.model, args.revision, args.backend, args.device, args.dtype, args.threads, base, over,
+                      args.alt_text_max if args.alt_text else None)
+    pool = PoolSpec(args.workers, args.cpus_per_worker or 1.0, args.gpus_per_worker or 0.0, args.batch_size)
+    job = RayJob(args.inputs, args.output, model, pool, files_from=args.files_from, recursive=not args.no_recursive,
+                 reporter=Reporter(args.errors), quiet=args.quiet)
+    return _summarise(args, job.run(address=args.ray_address))
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     from .index import IndexSink
     from .sinks import PrintSink, SidecarSink, XmpSink
     from .tables import MetadataSink, open_output
 
+    if args.engine == "ray":
+        return _run_ray(args)
+    ray_only = [f for f, v in (("--ray-address", args.ray_address), ("--cpus-per-worker", args.cpus_per_worker),
+                                ("--gpus-per-worker", args.gpus_per_worker)) if v is not None]
+    if ray_only:
+        raise ValueError(f"{', '.join(ray_only)}: only with --engine ray")
     sinks, excluded = [], []
     if args.sidecar is not None:
         sinks.append(SidecarSink(_sidecar_ext(args.sidecar), args.existing))
@@ -277,12 +317,25 @@ def _add_option_args(p: argparse.ArgumentParser) -> None:
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("job")
     g.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
-    g.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, at most 8)")
+    g.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, at most 8); with "
+                                               "--engine ray, model copies (default: as many as the cluster holds)")
     g.add_argument("--existing", choices=["skip", "overwrite", "append"], default="skip",
                    help="images an output already holds: skip (default; re-runs resume), overwrite, or append "
                         "another caption")
     g.add_argument("--errors", metavar="FILE", help="write one line per failed image (path<TAB>reason) to FILE")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale out on a Ray cluster (pip install 'blipcap[ray]')")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: a Ray Data job, --output DIR gets Parquet shards")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="the cluster: auto (the one `ray start` runs here) or HOST:PORT (default: $RAY_ADDRESS, "
+                        "else a Ray started on this machine for the job)")
+    g.add_argument("--cpus-per-worker", type=float, metavar="C", help="CPUs Ray reserves per model copy (default 1)")
+    g.add_argument("--gpus-per-worker", type=float, metavar="G",
+                   help="GPUs per model copy (default 0; 1 = one GPU each, 0.5 = two copies share a GPU)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -344,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("outputs (any combination; re-runs skip images already done)")
     out.add_argument("--sidecar", nargs="?", const="txt", metavar="EXT",
                      help="a caption file beside each image: photo.jpg -> photo.txt (or photo.EXT)")
-    out.add_argument("--output", metavar="FILE", help="one record per image: .jsonl, .csv or .parquet")
+    out.add_argument("--output", metavar="FILE", help="one record per image: .jsonl, .csv or .parquet (with "
+                                                      "--engine ray: a folder of Parquet shards)")
     out.add_argument("--xmp", action="store_true",
                      help="photo.xmp sidecars: dc:description and IPTC alt text, merged into existing ones")
     out.add_argument("--index", nargs="?", const="", metavar="DB",
@@ -352,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--metadata-jsonl", metavar="DIR",
                      help="DIR/metadata.jsonl (file_name, text) for a Hugging Face ImageFolder dataset")
     out.add_argument("--json", action="store_true", help="print one JSON object per line on stdout")
+    _add_ray_args(p)
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("index", help="caption images into the search index",
@@ -386,13 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
+    from .distributed import RayJobError
     from .export import ExportError
     from .hub import ModelNotAvailableError
     from .sinks import SinkError
 
     try:
         return args.func(args)
-    except (ModelNotAvailableError, CheckpointError, ExportError, ImportError, SinkError) as exc:
+    except (ModelNotAvailableError, CheckpointError, ExportError, ImportError, SinkError, RayJobError) as exc:
         print(f"blipcap: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # impossible option combinations, bad device/dtype
