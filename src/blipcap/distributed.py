@@ -476,8 +476,11 @@ class RayJob:
             workers = self._pool_size(ray, local)
             keys = ray.put(np.array(sorted(done_key(p, s) for p, s in done.items()), dtype="S16"))
             spec = WorkerSpec(self.model, plan.prefix, max(1, math.floor(self.pool.cpus_per_worker)))
+            # one block per batch: an actor task is one batch, so every worker gets work and a lost
+            # worker costs one batch (Ray sizes blocks by bytes: a small job would be one block)
+            blocks = math.ceil(len(to_read) / self.pool.batch_size)
             ds = ray.data.read_binary_files(to_read, include_paths=True, filesystem=plan.filesystem,
-                                            ignore_missing_paths=True, num_cpus=IO_CPUS)
+                                            ignore_missing_paths=True, num_cpus=IO_CPUS, override_num_blocks=blocks)
             ds = ds.map_batches(self.worker, fn_constructor_args=(spec, keys),
                                 batch_size=self.pool.batch_size, batch_format="pyarrow",
                                 compute=ray.data.ActorPoolStrategy(size=workers),
