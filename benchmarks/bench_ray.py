@@ -53,7 +53,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
+    with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:  # the checkpoint alone is ~0.9 GB
+        run_all(args, Path(tmp))
+
+
+def run_all(args: argparse.Namespace, tmp: Path) -> None:
     ckpt = build_random_checkpoint(tmp / "ckpt", args.shape)
     folder = tmp / "images"
     folder.mkdir()
