@@ -36,7 +36,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tiny_fixture, tmp_p
         make_image(*COMBOS[i % len(COMBOS)], rng=rng).save(folder / f"{i:05d}.png", compress_level=1)
     out = tmp_path / "out.jsonl"
     proc = popen_cli("caption", str(folder), "--model", str(tiny_fixture), "--output", str(out),
-                     "--batch-size", "32", "--quiet")
+                     "--batch-size", "64", "--quiet")
     samples: list[tuple[int, float]] = []  # (rows written, RSS in MB)
     rows = 0
     while proc.poll() is None:

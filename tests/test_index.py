@@ -81,7 +81,14 @@ def test_a_query_without_words_is_a_usage_error(index, query):
 
 def test_fts_query_quotes_every_word():
     assert fts_query('dog" OR cat*') == '"dog" "OR" "cat"'
-    assert fts_query("dog cat", any_word=True) == '"dog" OR "cat"'
+    assert fts_query("a dog on the cat", any_word=True) == '"dog" OR "cat"'
+    assert fts_query("on the", any_word=True) == '"on" OR "the"'
+
+
+def test_the_any_word_fallback_ignores_words_every_caption_has(index):
+    assert found(index, "a dog at the beach") == ["beach.jpg", "dogs.jpg"]  # no "at": dog OR beach, best first
+    assert sorted(found(index, "a dog in a field")) == ["beach.jpg", "dogs.jpg"]
+    assert found(index, "on a hill") == []
 
 
 def test_reindexing_replaces_the_row_and_its_text(index, tmp_path):

@@ -116,6 +116,7 @@ class Reporter:
 class _Item:
     path: str
     targets: list[Sink]  # the sinks that still want this image
+    seq: int = 0  # its place in the input order
     failures: list[str] = field(default_factory=list)  # reasons some sink cannot take it
     sha256: str | None = None
     width: int | None = None
@@ -337,13 +338,22 @@ class BulkJob:
             try:
                 self._flush()
             finally:
-                for sink in self.sinks:
-                    sink.close()
-                self.reporter.close()
+                self._close_all()
                 self.summary.seconds = time.monotonic() - start
                 self.progress.close()
         self.summary.signal = self.stop.signum if self.stop else None
         return self.summary
+
+    def _close_all(self) -> None:
+        """Close every sink and the error log, even when one of them fails; then raise the first error."""
+        first: BaseException | None = None
+        for closer in [s.close for s in self.sinks] + [self.reporter.close]:
+            try:
+                closer()
+            except BaseException as e:  # noqa: BLE001 - the others must still be closed
+                first = first or e
+        if first is not None:
+            raise first
 
     # --- the steps ----------------------------------------------------------------------------------
 
@@ -356,10 +366,10 @@ class BulkJob:
                     self.cache[r.sha256] = (r.caption, r.score)
 
     def _plan(self) -> Iterator[_Item]:
-        for path in self.paths:
-            item = _Item(path, [])
+        for seq, path in enumerate(self.paths):
+            item = _Item(path, [], seq=seq)
             for sink in self.active:
-                reason = sink.clash(path) if hasattr(sink, "clash") else None
+                reason = sink.clash(path)
                 if reason:
                     item.failures.append(reason)
                 elif sink.wants(path):
@@ -429,6 +439,7 @@ class BulkJob:
         ready, self._ready = self._ready, []
         if not ready:
             return
+        ready.sort(key=lambda entry: entry[0].seq)  # failures and reused captions come back first
         failures: dict[int, list[str]] = {}
         for sink in self.sinks:
             wanted = [(i, r) for i, (item, r, _) in enumerate(ready)

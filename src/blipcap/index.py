@@ -57,6 +57,8 @@ CREATE TRIGGER images_au AFTER UPDATE ON images BEGIN
 END;
 """
 _WORD = re.compile(r"\w+")
+# Left out when falling back to "any word": they are in nearly every caption, so would match all.
+_COMMON = frozenset("a an the of on in at to with and or is are there it its this that by for from".split())
 
 
 def default_db_path() -> Path:
@@ -81,10 +83,13 @@ class Hit:
 
 def fts_query(text: str, any_word: bool = False) -> str:
     """An FTS5 MATCH expression for the words of ``text``: each word a quoted string (so no word is
-    an operator), all of them required, or any of them with ``any_word``."""
+    an operator), all of them required, or with ``any_word`` any of them except the most common
+    ("a", "on", "the", ...) unless there is nothing else."""
     words = _WORD.findall(text)
     if not words:
         raise ValueError(f"the query {text!r} has no words to search for")
+    if any_word:
+        words = [w for w in words if w.lower() not in _COMMON] or words
     quoted = ['"' + w.replace('"', '""') + '"' for w in words]
     return (" OR " if any_word else " ").join(quoted)
 
@@ -190,6 +195,11 @@ class IndexSink(Sink):
     def __init__(self, db: str | os.PathLike, existing: str = "skip"):
         self.existing = check_mode(existing)
         self.index = Index(db)
+
+    def clash(self, path: str) -> str | None:
+        if "://" in path:
+            return "a URL cannot be indexed: the index holds files, to find them again"
+        return None
 
     def has(self, path: str) -> bool:
         path = os.path.abspath(path)

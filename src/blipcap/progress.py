@@ -35,7 +35,8 @@ class Summary:
         parts.append(f"{self.skipped} skipped (already done)")
         parts.append(f"{self.failed} failed")
         stopped = f"stopped by signal {self.signal} after {self.done}" if self.signal else str(self.total)
-        return (f"{stopped} image(s) in {self.seconds:.1f} s: {', '.join(parts)}; "
+        took = f"{self.seconds:.1f} s" if self.seconds >= 1 else f"{1000 * self.seconds:.0f} ms"
+        return (f"{stopped} image(s) in {took}: {', '.join(parts)}; "
                 f"{self.rate:.1f} images/s")
 
 

@@ -70,6 +70,10 @@ class Sink:
     def prepare(self, paths: Sequence[str]) -> None:
         """Check, before any model work, that every destination for ``paths`` can be written."""
 
+    def clash(self, path: str) -> str | None:
+        """Why this sink cannot take ``path`` at all (the image is then reported), or None."""
+        return None
+
     def has(self, path: str) -> bool:
         """Whether this sink already holds a caption for ``path`` (used with --existing skip)."""
         return False

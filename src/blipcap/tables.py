@@ -237,7 +237,7 @@ class MetadataSink(JsonlSink):
 
     def prepare(self, paths: Sequence[str]) -> None:
         for path in paths:
-            if self.key_of(path).startswith("../"):
+            if "://" in path or self.key_of(path).startswith("../"):
                 raise ValueError(f"--metadata-jsonl {self.folder}: {path} is not inside it; an ImageFolder "
                                  f"dataset holds its images under the folder of its metadata.jsonl")
 

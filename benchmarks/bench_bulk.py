@@ -1,0 +1,164 @@
+"""`blipcap caption DIR --output x.jsonl` against the model alone, on the same 12-megapixel JPEGs,
+in one run: does the folder job hide image decoding and writing behind the model?
+
+    python benchmarks/bench_bulk.py                        # 200 images, BLIP-large shape, CPU fp32, batch 8
+    python benchmarks/bench_bulk.py --images 48
+    python benchmarks/bench_bulk.py --device cuda --dtype float16 --batch-size 32
+
+1. Builds a random-initialised checkpoint of the BLIP-large (or -base) shape in a temp dir
+   (blipcap.random_checkpoint; nothing is downloaded). Random weights never emit [SEP], so every
+   caption is the full 19 tokens: the same work in both measurements.
+2. Writes N photo-like 4000x3000 JPEGs (smooth colour fields, texture and sensor-like noise,
+   quality 90, about 4 MB each, every file different), or reuses them with --dir.
+3. Model only: every image decoded and resized to the model input beforehand, with the job's own
+   decoder (draft-mode JPEG decode + the preprocessor's resize), held in memory; then
+   ``Captioner.caption(images, batch_size=B)`` is timed, cold like the job (no warm-up call).
+4. Folder job: ``python -m blipcap caption DIR --output x.jsonl`` in a child process, timed from the
+   outside (wall time: process start and model load included) and from its own summary line (first
+   file to last row written: what the model-only figure is compared with).
+With ``--rounds R`` the images are split into R folders and the two measurements alternate folder
+by folder, so that a shared machine's changing load weighs on both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageChops
+
+from blipcap import Captioner
+from blipcap.bench import machine
+from blipcap.bulk import _decoder, _Item
+from blipcap.discover import find_images
+from blipcap.random_checkpoint import build_random_checkpoint
+
+SIZE = (4000, 3000)  # 12 megapixels
+
+
+def _write_photo(folder: Path, i: int, seed: int) -> None:
+    rng = np.random.default_rng([seed, i])  # each file its own, whichever process writes it
+    w, h = SIZE
+    base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(SIZE, Image.BICUBIC)
+    detail = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)).resize(SIZE, Image.BILINEAR)
+    noise = Image.fromarray(rng.normal(128, 10, (h // 2, w // 2, 3)).clip(0, 255).astype(np.uint8)).resize(SIZE)
+    photo = ImageChops.add(Image.blend(base, detail, 0.25), noise, offset=-128)
+    tmp = folder / f".IMG_{i:04d}.jpg"
+    photo.save(tmp, format="JPEG", quality=90)
+    tmp.rename(folder / f"IMG_{i:04d}.jpg")
+
+
+def write_photos(folder: Path, n: int, seed: int = 0, first: int = 0) -> None:
+    """Photo-like 4000x3000 JPEGs number first..first+n-1 (missing ones only), written by every core."""
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(first, first + n) if not (folder / f"IMG_{i:04d}.jpg").is_file()]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_write_photo, [folder] * len(todo), todo, [seed] * len(todo)))
+
+
+def run_job(folder: Path, out: Path, ckpt: Path, args) -> tuple[float, float, list[dict]]:
+    """`blipcap caption FOLDER --output OUT` in a child process: (job seconds, wall seconds, rows)."""
+    cmd = [sys.executable, "-m", "blipcap", "caption", str(folder), "--output", str(out), "--model", str(ckpt),
+           "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype,
+           *(["--workers", str(args.workers)] if args.workers else [])]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"the folder job failed ({proc.returncode}):\n{proc.stderr}")
+    m = re.search(r"(\d+) image\(s\) in ([\d.]+) (m?s): (\d+) captioned", proc.stderr)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert int(m.group(1)) == int(m.group(4)) == len(rows), proc.stderr
+    return float(m.group(2)) / (1000 if m.group(3) == "ms" else 1), wall, rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate model-only and job runs over this many parts of the images (a shared "
+                         "machine's load then weighs on both alike)")
+    ap.add_argument("--shape", choices=["large", "base", "tiny"], default="large", help="tiny: to try the script")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--workers", type=int, help="the job's decoding threads (default: the CLI's own default)")
+    ap.add_argument("--dir", type=Path, help="keep the generated JPEGs here (reused when present)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    per_round = args.images // args.rounds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = args.dir or tmp / "photos"
+        t0 = time.perf_counter()
+        parts = [root / f"part{r}" for r in range(args.rounds)]
+        for r, part in enumerate(parts):
+            write_photos(part, per_round, first=r * per_round)
+        gen_s = time.perf_counter() - t0
+        ckpt = build_random_checkpoint(tmp / "ckpt", args.shape)
+        cap = Captioner.load(ckpt, device=args.device, dtype=args.dtype)
+        pre = cap.preprocessor
+        decode = _decoder(pre.size, pre.resample, pre.do_resize, cap.max_pixels, False)
+
+        n = model_s = job_s = wall_s = decode_s = 0.0
+        same, rounds, sizes = 0, [], []
+        for r, part in enumerate(parts):
+            paths = find_images([str(part)])
+            sizes += [os.path.getsize(p) for p in paths]
+            # model only: the same images, decoded and resized beforehand with the job's own decoder
+            t0 = time.perf_counter()
+            images = [decode(_Item(p, [])).image for p in paths]
+            decode_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            caps = cap.caption(images, batch_size=args.batch_size)
+            m_s = time.perf_counter() - t0
+            del images
+            # the folder job, as a user runs it
+            j_s, w_s, rows = run_job(part, tmp / f"x{r}.jsonl", ckpt, args)
+            by_path = {row["path"]: row["caption"] for row in rows}
+            same += sum(by_path[p] == c.text for p, c in zip(paths, caps))
+            n, model_s, job_s, wall_s = n + len(paths), model_s + m_s, job_s + j_s, wall_s + w_s
+            rounds.append({"images": len(paths), "model_only_s": m_s, "job_s": j_s, "ratio": m_s / j_s})
+
+    n = int(n)
+    mb = sum(sizes) / len(sizes) / 1e6
+    result = {
+        "shape": args.shape, "images": n, "rounds": rounds, "image_size": f"{SIZE[0]}x{SIZE[1]}",
+        "mean_file_mb": round(mb, 2), "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
+        "model_only_images_per_s": n / model_s, "job_images_per_s": n / job_s, "ratio": model_s / job_s,
+        "job_wall_s": wall_s, "job_s": job_s, "model_only_s": model_s,
+        "decode_resize_s_per_image_one_thread": decode_s / n, "same_captions": same, "generate_s": gen_s,
+        "command": f"blipcap caption DIR --output x.jsonl --model CKPT --batch-size {args.batch_size} "
+                   f"--device {args.device} --dtype {args.dtype}" + (f" --workers {args.workers}" if args.workers else ""),
+        **machine(), "date": time.strftime("%Y-%m-%d"),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{n} JPEGs of {SIZE[0]}x{SIZE[1]} ({mb:.1f} MB each) in {args.rounds} round(s), {args.shape}-shaped random "
+          f"BLIP, greedy, 19 tokens, batch {args.batch_size}, {args.device} {args.dtype}; {result.get('cpu', '')}"
+          + (f", {result['gpu']}" if "gpu" in result else ""))
+    print("| run | seconds | images / s | vs model only |")
+    print("| --- | --- | --- | --- |")
+    print(f"| model only (images decoded and resized in memory beforehand) | {model_s:.1f} | {n / model_s:.3f} | 1.00 |")
+    print(f"| `{result['command']}` (job: first file to last row) | {job_s:.1f} | {n / job_s:.3f} | "
+          f"**{model_s / job_s:.2f}** |")
+    print(f"| the same, wall clock (process start and model load included) | {wall_s:.1f} | {n / wall_s:.3f} | "
+          f"{model_s / wall_s:.2f} |")
+    print("per round (model only / job): " + ", ".join(f"{r['ratio']:.2f}" for r in rounds))
+    print(f"decode + resize alone, one thread: {1000 * decode_s / n:.0f} ms per image; "
+          f"identical captions in both runs: {same}/{n}")
+
+
+if __name__ == "__main__":
+    main()
