@@ -367,6 +367,8 @@ class BulkJob:
 
     def _plan(self) -> Iterator[_Item]:
         for seq, path in enumerate(self.paths):
+            if self.stop is not None and self.stop.signum:
+                return  # a long run of skipped files must not outlast a stop request
             item = _Item(path, [], seq=seq)
             for sink in self.active:
                 reason = sink.clash(path)
