@@ -79,7 +79,7 @@ def main() -> None:
         tmp = Path(tmp)
         ckpt = build_random_checkpoint(tmp / "ckpt", seed=0, **SHAPES[args.shape])
         exports = {}
-        for name, kw in (("onnx fp32", {}), ("onnx int8 (per-tensor)", dict(int8=True)),
+        for name, kw in (("onnx fp32", {}), ("onnx int8 (per-tensor)", dict(int8=True, per_channel=False)),
                          ("onnx int8 (per-channel)", dict(int8=True, per_channel=True))):
             _, secs = timed(lambda: export_onnx(ckpt, tmp / name.replace(" ", "_"), **kw))
             exports[name] = (tmp / name.replace(" ", "_"), secs)

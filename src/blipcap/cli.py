@@ -238,7 +238,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
     out = export_onnx(args.model, args.out, revision=args.revision, int8=args.int8, fp16=args.fp16,
-                      per_channel=args.per_channel)
+                      per_channel=not args.per_tensor)
     print(f"exported {args.model} to {out} (validated against the PyTorch model)")
     return 0
 
@@ -282,7 +282,9 @@ def _add_export_parser(sub) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the MatMuls (CPU)")
     group.add_argument("--fp16", action="store_true", help="float16 weights (for GPUs)")
-    p.add_argument("--per-channel", action="store_true", help="per-channel int8 weight scales")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one int8 scale per weight matrix instead of per output channel (same speed here, "
+                        "worse agreement: see BENCHMARKS.md)")
     p.set_defaults(func=cmd_export_onnx)
 
 

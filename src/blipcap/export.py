@@ -75,7 +75,7 @@ def _to_fp16(path: Path) -> None:
 
 
 def export_onnx(model: str, out: str | Path, *, revision: str | None = None, int8: bool = False,
-                fp16: bool = False, per_channel: bool = False, validate: bool = True) -> Path:
+                fp16: bool = False, per_channel: bool = True, validate: bool = True) -> Path:
     """Export `model` (short name, Hub id or directory) to the directory `out`; returns `out`."""
     import torch
 
