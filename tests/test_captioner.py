@@ -134,12 +134,12 @@ def test_suppress_tokens_and_bad_words(cap):
     first = base[0].token_ids[0]
     out = cap.caption(images, max_new_tokens=6, suppress_tokens=[first])
     assert all(first not in c.token_ids for c in out)
-    # a two-piece bad word: its second piece is banned only right after its first
-    word = cap.codec.decode(base[0].token_ids[:2]).replace(" ", "")
+    # a two-token bad phrase: its second token is banned only right after its first
     seq = tuple(base[0].token_ids[:2])
-    if cap.codec.word_sequences([word])[0] == seq:
-        out = cap.caption(images[:1], max_new_tokens=6, bad_words=[word])
-        assert tuple(out[0].token_ids[:2]) != seq
+    phrase = cap.codec.decode(seq)
+    assert cap.codec.word_sequences([phrase]) == [seq]
+    out = cap.caption(images[:1], max_new_tokens=6, bad_words=[phrase])
+    assert out[0].token_ids[0] == seq[0] and out[0].token_ids[1] != seq[1]
 
 
 def test_artefact_pieces_are_suppressed_by_default_and_switchable(tmp_path):
