@@ -45,6 +45,14 @@ class TextDims:
     eps: float  # LayerNorm epsilon
 
 
+    def check_length(self, prompt_len: int, max_new: int) -> int:
+        """The cache length a decode needs; ValueError when it exceeds the position table."""
+        if prompt_len + max_new > self.max_positions:
+            raise ValueError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new}) exceeds the model's "
+                             f"{self.max_positions} positions")
+        return prompt_len + max_new
+
+
 @dataclass(frozen=True)
 class ModelDims:
     vision: VisionDims

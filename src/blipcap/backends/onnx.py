@@ -64,11 +64,7 @@ class OnnxSession:
         self.ops = backend.ops
         t = backend.dims.text
         rows, p = prompts.shape
-        if p + max_new > t.max_positions:
-            raise ValueError(
-                f"prompt ({p} tokens) + max_new_tokens ({max_new}) exceeds the model's {t.max_positions} positions"
-            )
-        length = p + max_new
+        length = t.check_length(p, max_new)
         self.cache = np.zeros((t.layers, 2, rows, t.heads, length, t.hidden // t.heads), dtype=backend.cache_dtype)
         self.filled = np.zeros((rows, length), dtype=bool)
         n_pad = (~valid).sum(axis=1)

@@ -51,11 +51,7 @@ class TorchSession:
         model, dev = backend.model, backend.device
         t = model.dims.text
         rows, p = prompts.shape
-        if p + max_new > t.max_positions:
-            raise ValueError(
-                f"prompt ({p} tokens) + max_new_tokens ({max_new}) exceeds the model's {t.max_positions} positions"
-            )
-        self.length = p + max_new
+        self.length = t.check_length(p, max_new)
         self.cache = torch.zeros(
             (t.layers, 2, rows, t.heads, self.length, t.hidden // t.heads), dtype=backend.dtype, device=dev
         )
