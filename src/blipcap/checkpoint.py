@@ -202,6 +202,54 @@ def _read_tensors(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read PyTorch weights: {exc}") from exc
 
 
+class MappedPages:
+    """Drops the resident pages of a memory-mapped weights file behind tensors already copied.
+
+    A mapped checkpoint costs no memory until its pages are touched, but touched pages stay resident
+    while the mapping lives, which is as long as any tensor from the file does. A loader that turns
+    weights into new tensors (fused, converted to another dtype, re-laid-out for oneDNN) calls
+    `release(source)` once the copy exists, so peak memory stays near one copy of the weights.
+    Only address ranges that /proc/self/maps shows as mappings of this very file are touched, and
+    MADV_DONTNEED on an unmodified file mapping only unmaps pages: reading the tensor again would
+    fault them back in from the page cache with the same bytes. A no-op off Linux.
+    """
+
+    _MADV_DONTNEED = 4
+
+    def __init__(self, path: str | Path):
+        self.ranges: list[tuple[int, int]] = []
+        self._madvise = None
+        target = str(Path(path).resolve())
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    fields = line.split(maxsplit=5)
+                    if len(fields) == 6 and fields[5].strip() == target:
+                        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                        self.ranges.append((lo, hi))
+            if self.ranges:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                self._madvise = libc.madvise
+        except (OSError, AttributeError):
+            self.ranges = []
+
+    def release(self, tensor: Any) -> bool:
+        if self._madvise is None:
+            return False
+        import mmap
+
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        if not any(lo <= start and end <= hi for lo, hi in self.ranges):
+            return False
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, end // page * page  # whole pages inside the tensor only
+        return hi > lo and self._madvise(lo, hi - lo, self._MADV_DONTNEED) == 0
+
+
 def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dict[str, tuple[int, ...]]) -> dict:
     """Our parameter name -> tensor, strictly mapped from the checkpoint's tensors.
 
@@ -212,6 +260,7 @@ def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dic
 
     path = weights_file(model_dir)
     hub = _read_tensors(path)
+    pages = MappedPages(path)
     for alias, canonical in _ALIASES.items():
         if alias in hub:
             if canonical in hub and not torch.equal(hub[alias], hub[canonical]):
@@ -240,7 +289,12 @@ def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dic
                 )
         used.update(sources)
         parts = [hub[s] for s in sources]
-        state[ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if len(parts) == 1:
+            state[ours] = parts[0]
+        else:
+            state[ours] = torch.cat(parts, dim=0)
+            for part in parts:
+                pages.release(part)
     unknown = sorted(k for k in hub if k not in used and not k.endswith(_IGNORABLE_SUFFIXES))
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""

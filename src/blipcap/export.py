@@ -86,7 +86,7 @@ def export_onnx(model: str, out: str | Path, *, revision: str | None = None, int
         raise ValueError("choose one of int8 and fp16")
     resolved = resolve(model, revision=revision)
     dims = dims_from_config(read_config(resolved.path))
-    backend = TorchBackend.load(resolved.path, dims, device="cpu", dtype="float32")
+    backend = TorchBackend.load(resolved.path, dims, device="cpu", dtype="float32", pack=False)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -207,10 +207,18 @@ class BlipCaptioner(nn.Module):
         self.vision = VisionEncoder(dims.vision)
         self.text = TextDecoder(dims.text)
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 3, H, W) -> cross-attention K/V of every decoder layer (layers, 2, B, heads, N, hd)."""
+    def encode(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixels (B, 3, H, W) -> cross-attention K/V of every decoder layer (layers, 2, B, heads, N, hd).
+
+        `out`: a tensor of that shape (or a view of a larger one) to write into, layer by layer,
+        instead of stacking a new one (which holds every layer's K/V twice at its peak).
+        """
         memory = self.vision(pixels)
-        return torch.stack([block.cross_kv_of(memory) for block in self.text.blocks])
+        if out is None:
+            return torch.stack([block.cross_kv_of(memory) for block in self.text.blocks])
+        for i, block in enumerate(self.text.blocks):
+            out[i] = block.cross_kv_of(memory)
+        return out
 
 
 class EncoderGraph(nn.Module):

@@ -2,7 +2,8 @@
 
 Owns devices and dtypes. The model is built on the meta device and its parameters are assigned
 straight from the (memory-mapped) checkpoint tensors, so loading makes no random initialisation and
-no second copy at float32. Decoding state lives in `TorchSession`: the preallocated self-attention
+no second copy at float32; on the CPU the linear layers' weights are then re-laid-out once for
+oneDNN (cpu_pack.py), replacing the dense ones. Decoding state lives in `TorchSession`: the preallocated self-attention
 cache, the rows' next positions and their padding mask.
 """
 
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 
 from ..arrays import TorchOps
-from ..checkpoint import ModelDims, load_state_dict
+from ..checkpoint import MappedPages, ModelDims, load_state_dict, weights_file
+from .cpu_pack import pack_linears, packing_available, tune_cpu_allocator
 from .nn import BlipCaptioner
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -94,21 +96,34 @@ class TorchBackend:
         self.ops = TorchOps(device)
 
     @classmethod
-    def load(cls, model_dir: str | Path, dims: ModelDims, device: str = "auto", dtype: str = "auto") -> "TorchBackend":
+    def load(cls, model_dir: str | Path, dims: ModelDims, device: str = "auto", dtype: str = "auto",
+             pack: bool = True) -> "TorchBackend":
+        """`pack`: on the CPU, pre-pack the linear layers for oneDNN (cpu_pack.py); export passes False."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         with torch.device("meta"):
             model = BlipCaptioner(dims)
         shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
         state = load_state_dict(model_dir, dims, shapes)
-        state = {k: v.to(device=dev, dtype=dt) for k, v in state.items()}
+        pages = MappedPages(weights_file(model_dir))
+        for name in list(state):  # one at a time, dropping each mapped source once it is copied
+            source = state[name]
+            state[name] = source.to(device=dev, dtype=dt)
+            if state[name].data_ptr() != source.data_ptr():
+                pages.release(source)
+            del source
         model.load_state_dict(state, strict=True, assign=True)
         model.eval().requires_grad_(False)
+        del state
+        if pack and dev.type == "cpu" and packing_available():
+            tune_cpu_allocator()
+            pack_linears(model, release=pages.release)
         return cls(model, dev, dt)
 
     # Images per vision-encoder call on the CPU: bounds activation memory (a ViT-L layer holds
-    # ~100 MB of activations per 4 images) while keeping the matrix multiplications large.
-    cpu_encode_chunk = 4
+    # ~50 MB of activations per 2 images); 2 measured as fast as 4 on the large shape with packed
+    # weights, 1 ~12% slower (BENCHMARKS.md).
+    cpu_encode_chunk = 2
 
     @torch.inference_mode()
     def encode(self, pixels: np.ndarray) -> torch.Tensor:
@@ -117,11 +132,11 @@ class TorchBackend:
         chunk = self.cpu_encode_chunk if self.device.type == "cpu" else x.shape[0]
         if x.shape[0] <= chunk:
             return self.model.encode(x)
-        first = self.model.encode(x[:chunk])
-        out = first.new_empty(first.shape[:2] + (x.shape[0],) + first.shape[3:])  # (layers, 2, B, heads, N, hd)
-        out[:, :, :chunk] = first
-        for i in range(chunk, x.shape[0], chunk):
-            out[:, :, i : i + chunk] = self.model.encode(x[i : i + chunk])
+        d = self.dims
+        v, t = d.vision, d.text
+        out = x.new_empty((t.layers, 2, x.shape[0], t.heads, v.num_patches + 1, t.hidden // t.heads))
+        for i in range(0, x.shape[0], chunk):
+            self.model.encode(x[i : i + chunk], out=out[:, :, i : i + chunk])
         return out
 
     def start(self, memory: torch.Tensor, group: int, prompts: np.ndarray, valid: np.ndarray,

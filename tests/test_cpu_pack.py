@@ -1,0 +1,90 @@
+"""The CPU fast path: oneDNN-packed linears, releasing mapped checkpoint pages, the malloc setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.torch as st
+import torch
+
+from blipcap.backends.cpu_pack import PackedLinear, pack_linears, packing_available
+from blipcap.backends.torch import TorchBackend
+from blipcap.checkpoint import MappedPages, dims_from_config, read_config
+
+needs_onednn = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN linear ops")
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_matches_dense(dtype):
+    g = torch.Generator().manual_seed(0)
+    dense = torch.nn.Linear(48, 80).to(dtype)
+    x = torch.randn(3, 7, 48, generator=g).to(dtype)
+    want = dense(x).float()
+    got = PackedLinear(dense)(x).float()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+@needs_onednn
+def test_cpu_backend_is_packed_and_agrees_with_the_unpacked_model(random_ckpt):
+    """The parity tests load through this path, so they check packed numerics against transformers;
+    here the packed model is also compared with the same weights unpacked, layer for layer."""
+    dims = dims_from_config(read_config(random_ckpt))
+    packed = TorchBackend.load(random_ckpt, dims, device="cpu", dtype="float32")
+    plain = TorchBackend.load(random_ckpt, dims, device="cpu", dtype="float32", pack=False)
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.model.modules())
+    assert any(isinstance(m, PackedLinear) for m in packed.model.modules())
+    assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+    pixels = np.random.default_rng(0).standard_normal((3, 3, dims.vision.image_size, dims.vision.image_size))
+    packed.cpu_encode_chunk = 2  # 3 images: one chunk of 2 written into the output, then 1
+    a, b = packed.encode(pixels.astype(np.float32)), plain.encode(pixels.astype(np.float32))
+    assert a.shape == b.shape
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_mapped_pages_are_released_only_for_that_files_mappings(tmp_path):
+    path = tmp_path / "w.safetensors"
+    big = torch.arange(4 * 1024 * 1024, dtype=torch.float32)  # 16 MiB: many whole pages
+    st.save_file({"big": big}, str(path))
+    mapped = st.load_file(str(path))["big"]
+    pages = MappedPages(path)
+    assert pages.ranges, "the safetensors file should be memory-mapped"
+    anonymous = big.clone()
+    assert not pages.release(anonymous)  # never advise memory that is not this file's mapping
+    assert torch.equal(anonymous, big)
+    assert pages.release(mapped)
+    # the pages were dropped, not lost: reading faults the same bytes back in from the file
+    assert torch.equal(mapped, big)
+    other = MappedPages(tmp_path / "no-such-file.safetensors")
+    assert not other.ranges and not other.release(mapped)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+@pytest.mark.parametrize("keep", ["0", "1"])
+def test_allocator_setting_applies_once_and_can_be_refused(keep):
+    code = (
+        "from blipcap.backends.cpu_pack import tune_cpu_allocator as t\n"
+        "print(t(), t())\n"
+    )
+    env = dict(os.environ, BLIPCAP_KEEP_MALLOC=keep)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # first call sets it (glibc), the second finds it set; with the opt-out neither touches malloc
+    assert out.stdout.split() == (["True", "False"] if keep == "0" else ["False", "False"])
+
+
+def test_pack_linears_replaces_each_linear_and_releases_its_weight():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Linear(8, 4)))
+    if not packing_available():
+        pytest.skip("this PyTorch build has no oneDNN linear ops")
+    x = torch.randn(2, 8)
+    want = model(x)
+    released = []
+    assert pack_linears(model, release=released.append) == 2
+    assert [tuple(w.shape) for w in released] == [(8, 8), (4, 8)]
+    assert torch.allclose(model(x), want, atol=1e-6)
