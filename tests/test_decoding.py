@@ -128,3 +128,27 @@ def test_sampling_warpers_match_transformers(ops, temperature, top_k, top_p):
     np.testing.assert_array_equal(np.isinf(ours), np.isinf(ref.numpy()))
     finite = ~np.isinf(ours)
     np.testing.assert_allclose(ours[finite], ref.numpy()[finite], rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_numpy_topk_selects_as_a_stable_sort_and_as_torch(seed):
+    """Beam search's top-k over beams x vocab: the numpy selection (linear, not a full sort) must pick
+    and order exactly the first k of a stable descending sort (ties: lower index first; -inf kept),
+    and equal torch.topk where there are no ties (torch does not promise an order among ties)."""
+    rng = np.random.default_rng(seed)
+    numpy_ops, torch_ops = NumpyOps(), TorchOps(torch.device("cpu"))
+    for _ in range(40):
+        n = int(rng.integers(16, 400))
+        k = int(rng.integers(1, n // 4))
+        tied = rng.integers(-3, 4, (3, n)).astype(np.float32)  # few distinct values: ties at the k-th
+        tied[:, rng.integers(0, n, 5)] = -np.inf
+        values, index = numpy_ops.topk(tied, k)
+        want = np.argsort(-tied, axis=-1, kind="stable")[..., :k]
+        assert np.array_equal(index, want)
+        assert np.array_equal(values, np.take_along_axis(tied, want, axis=-1))
+
+        distinct = rng.standard_normal((2, 3, n)).astype(np.float32)
+        values, index = numpy_ops.topk(distinct, k)
+        want_values, want_index = torch_ops.topk(torch.from_numpy(distinct), k)
+        assert np.array_equal(index, want_index.numpy())
+        assert np.array_equal(values, want_values.numpy())

@@ -65,6 +65,20 @@ def test_auto_backend_picks_onnx_for_an_export_and_refuses_mismatches(tiny_expor
         Captioner.load(tiny_exports["float32"], backend="torch")
 
 
+def test_export_of_another_graph_interface_is_refused_with_what_to_do(tiny_exports, tmp_path):
+    """An export made by a blipcap whose graphs take other inputs must not be fed wrong inputs."""
+    from blipcap.backends.onnx import GRAPH_VERSION
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_exports["float32"], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["graph_version"] == GRAPH_VERSION
+    del manifest["graph_version"]  # what exports before version 2 wrote
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="interface version 1.*export again"):
+        Captioner.load(old)
+
+
 def test_session_options_are_set_on_purpose(tiny_exports):
     from blipcap.backends.onnx import physical_cores
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .checkpoint import dims_from_config, read_config
-from .backends.onnx import MANIFEST
+from .backends.onnx import GRAPH_VERSION, MANIFEST
 from .hub import resolve
 
 OPSET = 18
@@ -35,17 +35,38 @@ class ExportError(RuntimeError):
 def _example_inputs(dims, rows: int = 2, images: int = 1, t: int = 3, past: int = 5):
     import torch
 
+    from .backends.nn import ExplicitStep
+
     text = dims.text
     hd = text.hidden // text.heads
     n = dims.vision.num_patches + 1
-    return dict(
-        tokens=torch.full((rows, t), dims.bos_id, dtype=torch.long),
-        positions=torch.arange(t).repeat(rows, 1),
-        new_valid=torch.ones(rows, t, dtype=torch.bool),
-        past=torch.zeros(text.layers, 2, rows, text.heads, past, hd),
-        past_valid=torch.zeros(rows, past, dtype=torch.bool),
-        cross=torch.zeros(text.layers, 2, images, text.heads, n, hd),
-    )
+    fixed = [
+        torch.full((rows, t), dims.bos_id, dtype=torch.long),  # tokens
+        torch.arange(t).repeat(rows, 1),  # positions
+        torch.ones(rows, t, dtype=torch.bool),  # new_valid
+        torch.zeros(rows, past, dtype=torch.bool),  # past_valid
+    ]
+    per_layer = [
+        torch.zeros(rows, text.heads, hd, past),  # past_kt
+        torch.zeros(rows, text.heads, past, hd),  # past_v
+        torch.zeros(images, text.heads, hd, n),  # cross_kt
+        torch.zeros(images, text.heads, n, hd),  # cross_v
+    ] * text.layers
+    return dict(zip(ExplicitStep.input_names(text.layers), fixed + per_layer))
+
+
+def _decoder_axes(names: list[str]) -> dict:
+    axes = {"tokens": {0: "rows", 1: "new"}, "positions": {0: "rows", 1: "new"}, "new_valid": {0: "rows", 1: "new"},
+            "past_valid": {0: "rows", 1: "past"}, "logits": {0: "rows"},
+            "present_kt": {1: "rows", 4: "new"}, "present_v": {1: "rows", 3: "new"}}
+    for name in names:
+        if name.startswith("past_kt."):
+            axes[name] = {0: "rows", 3: "past"}
+        elif name.startswith("past_v."):
+            axes[name] = {0: "rows", 2: "past"}
+        elif name.startswith(("cross_kt.", "cross_v.")):
+            axes[name] = {0: "images"}
+    return axes
 
 
 def _export(module, args: tuple, path: Path, input_names, output_names, dynamic: dict) -> None:
@@ -93,14 +114,13 @@ def export_onnx(model: str, out: str | Path, *, revision: str | None = None, int
     encoder = EncoderGraph(backend.model).eval()
     size = dims.vision.image_size
     pixels = torch.zeros(1, 3, size, size)
-    _export(encoder, (pixels,), out / ENCODER, ["pixels"], ["cross"],
-            {"pixels": {0: "images"}, "cross": {2: "images"}})
+    memory_names = EncoderGraph.output_names(dims.text.layers)
+    _export(encoder, (pixels,), out / ENCODER, ["pixels"], memory_names,
+            {"pixels": {0: "images"}, **{name: {0: "images"} for name in memory_names}})
     step = ExplicitStep(backend.model.text).eval()
     ex = _example_inputs(dims)
-    _export(step, tuple(ex.values()), out / DECODER, list(ex), ["logits", "present"],
-            {"tokens": {0: "rows", 1: "new"}, "positions": {0: "rows", 1: "new"}, "new_valid": {0: "rows", 1: "new"},
-             "past": {2: "rows", 4: "past"}, "past_valid": {0: "rows", 1: "past"}, "cross": {2: "images"},
-             "logits": {0: "rows"}, "present": {2: "rows", 4: "new"}})
+    _export(step, tuple(ex.values()), out / DECODER, list(ex), ["logits", "present_kt", "present_v"],
+            _decoder_axes(list(ex)))
     dtype = "float32"
     if int8:
         for name in (ENCODER, DECODER):
@@ -115,7 +135,8 @@ def export_onnx(model: str, out: str | Path, *, revision: str | None = None, int
             shutil.copy(resolved.path / name, out / name)
     manifest = {
         "format": "blipcap-onnx", "source_model": resolved.model_id, "source_revision": resolved.revision,
-        "opset": OPSET, "dtype": dtype, "blipcap_version": __version__, "encoder": ENCODER, "decoder": DECODER,
+        "graph_version": GRAPH_VERSION, "opset": OPSET, "dtype": dtype, "blipcap_version": __version__,
+        "encoder": ENCODER, "decoder": DECODER,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     if validate:

@@ -98,33 +98,43 @@ class TextBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], attn_mask=mask)
         return self._rest(x, a, cross)
 
-    def forward_explicit(self, x: torch.Tensor, past: torch.Tensor, mask: torch.Tensor, cross: torch.Tensor):
-        """The same block with the past as an input and the new keys/values as an output (ONNX export).
+    def forward_explicit(self, x: torch.Tensor, past_kt: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor,
+                         cross_kt: torch.Tensor, cross_v: torch.Tensor):
+        """The same block with the past as inputs and the new keys/values as outputs (ONNX export).
 
-        past (2, rows, heads, L, hd); mask (rows, 1, T, L + T) -> x, new K/V (2, rows, heads, T, hd).
+        Keys are held transposed, past_kt (rows, heads, hd, L) and cross_kt (B_img, heads, hd, N),
+        values as past_v (rows, heads, L, hd) and cross_v (B_img, heads, N, hd), so the graph multiplies
+        them as given every step: no per-step transpose or split of the largest tensors it reads.
+        mask (rows, 1, T, L + T) -> x, new keys (rows, heads, hd, T), new values (rows, heads, T, hd).
         """
         q, k, v = self._qkv(x)
-        keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self._rest(x, a, cross), torch.stack([k, v])
+        kt = k.transpose(-1, -2)
+        keys_t, values = torch.cat([past_kt, kt], dim=-1), torch.cat([past_v, v], dim=2)
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, keys_t).masked_fill(~mask, float("-inf"))
+        a = torch.matmul(scores.softmax(dim=-1), values)
+        return self._rest(x, a, (cross_kt, cross_v)), kt, v
 
     def _qkv(self, x: torch.Tensor):
         rows, t, d = x.shape
         return self.self_qkv(x).view(rows, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def _rest(self, x: torch.Tensor, a: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    def _rest(self, x: torch.Tensor, a: torch.Tensor, cross) -> torch.Tensor:
         """Self-attention output, cross-attention and the FFN."""
         rows, t, _ = x.shape
         x = self.ln_self(x + self.self_out(_merge(a)))
         # Cross-attention: rows are image-major, `group` per image (beams or samples), so a group's
         # queries become one longer sequence over that image's keys/values, which are never copied
         # per row (no mask: every image token is visible).
-        images = cross.shape[1]
+        images = cross[0].shape[0] if isinstance(cross, tuple) else cross.shape[1]
         group = rows // images
         q = _heads(self.cross_q(x), self.heads)  # (rows, heads, T, hd)
         hd = q.shape[-1]
         q = q.reshape(images, group, self.heads, t, hd).transpose(1, 2).reshape(images, self.heads, group * t, hd)
-        a = F.scaled_dot_product_attention(q, cross[0], cross[1])  # (B_img, heads, group*T, hd)
+        if isinstance(cross, tuple):  # the export's layout: (keys transposed, values)
+            kt, v = cross
+            a = torch.matmul(torch.matmul(q * hd**-0.5, kt).softmax(dim=-1), v)
+        else:
+            a = F.scaled_dot_product_attention(q, cross[0], cross[1])  # (B_img, heads, group*T, hd)
         a = a.reshape(images, self.heads, group, t, hd).transpose(1, 2).reshape(rows, self.heads, t, hd)
         x = self.ln_cross(x + self.cross_out(_merge(a)))
         return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
@@ -170,22 +180,28 @@ class ExplicitStep(nn.Module):
     """The decoder as a pure function of an explicit past (what the ONNX decoder graph computes).
 
     The past is the whole preallocated cache with a validity mask, so the caller passes one
-    contiguous buffer every step and writes the returned new keys/values into it.
+    contiguous buffer every step and writes the returned new keys/values into it. Every layer's
+    past keys, past values, image keys and image values are inputs of their own (see
+    `input_names`): slicing them out of one stacked input would copy all of them on every step.
     """
 
     def __init__(self, text: TextDecoder):
         super().__init__()
         self.text = text
 
+    @staticmethod
+    def input_names(layers: int) -> list[str]:
+        per_layer = [f"{kind}.{i}" for i in range(layers) for kind in ("past_kt", "past_v", "cross_kt", "cross_v")]
+        return ["tokens", "positions", "new_valid", "past_valid", *per_layer]
+
     def forward(
         self,
         tokens: torch.Tensor,  # (rows, T) int64
         positions: torch.Tensor,  # (rows, T) int64
         new_valid: torch.Tensor,  # (rows, T) bool: False for left padding of a prompt
-        past: torch.Tensor,  # (layers, 2, rows, heads, L, hd)
         past_valid: torch.Tensor,  # (rows, L) bool: filled, non-padding slots
-        cross: torch.Tensor,  # (layers, 2, B_img, heads, N, hd)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        *per_layer: torch.Tensor,  # per layer: past K^T, past V, image K^T, image V
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows, t = tokens.shape
         # comparisons of aranges rather than eye/tril, which ONNX Runtime lacks for booleans
         idx = torch.arange(t, device=tokens.device)
@@ -193,11 +209,14 @@ class ExplicitStep(nn.Module):
         new = (causal[None] & new_valid[:, None, :]) | eye[None]  # (rows, T, T); a slot always sees itself
         mask = torch.cat([past_valid[:, None, :].expand(rows, t, past_valid.shape[1]), new], dim=2)[:, None]
         x = self.text.ln_embed(self.text.tok_embed(tokens) + self.text.pos_embed(positions))
-        presents = []
+        keys, values = [], []
         for i, block in enumerate(self.text.blocks):
-            x, kv = block.forward_explicit(x, past[i], mask, cross[i])
-            presents.append(kv)
-        return self.text.head(x[:, -1]).float(), torch.stack(presents)  # (rows, V), (layers, 2, rows, heads, T, hd)
+            past_kt, past_v, cross_kt, cross_v = per_layer[4 * i : 4 * i + 4]
+            x, kt, v = block.forward_explicit(x, past_kt, past_v, mask, cross_kt, cross_v)
+            keys.append(kt)
+            values.append(v)
+        # (rows, V), new keys (layers, rows, heads, hd, T), new values (layers, rows, heads, T, hd)
+        return self.text.head(x[:, -1]).float(), torch.stack(keys), torch.stack(values)
 
 
 class BlipCaptioner(nn.Module):
@@ -222,11 +241,27 @@ class BlipCaptioner(nn.Module):
 
 
 class EncoderGraph(nn.Module):
-    """pixels -> image memory, as a module of its own (what the ONNX encoder graph computes)."""
+    """pixels -> image memory, as a module of its own (what the ONNX encoder graph computes).
+
+    The memory comes out as one tensor per decoder layer and kind, in the layout the decoder graph
+    reads without copying (`output_names`): keys transposed (B, heads, hd, N), values (B, heads, N, hd).
+    """
 
     def __init__(self, model: BlipCaptioner):
         super().__init__()
         self.model = model
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(pixels)
+    @staticmethod
+    def output_names(layers: int) -> list[str]:
+        return [f"{kind}.{i}" for i in range(layers) for kind in ("cross_kt", "cross_v")]
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        memory = self.model.vision(pixels)
+        out = []
+        b, n, _ = memory.shape
+        for block in self.model.text.blocks:
+            k, v = block.cross_kv(memory).chunk(2, dim=-1)  # each (B, N, hidden)
+            h = block.heads
+            k, v = k.reshape(b, n, h, -1), v.reshape(b, n, h, -1)
+            out += [k.permute(0, 2, 3, 1), v.transpose(1, 2)]
+        return tuple(out)

@@ -3,7 +3,9 @@
 Owns the ONNX Runtime sessions (options set on purpose: intra-op threads = physical cores unless
 told otherwise, all graph optimisations, providers from the caller) and `OnnxSession`, the numpy
 decoding state: a preallocated self-attention cache passed whole to the decoder graph every step
-with a validity mask, and written with the new keys/values the graph returns. No torch import.
+with a validity mask, and written with the new keys/values the graph returns. Each layer's cache
+keys, cache values, image keys and image values go in as inputs of their own (contiguous numpy
+arrays ONNX Runtime reads in place), keys transposed as the graph multiplies them. No torch import.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..arrays import NumpyOps
-from ..checkpoint import ModelDims
+from ..checkpoint import CheckpointError, ModelDims
 
 MANIFEST = "manifest.json"
+# The graphs' interface: 2 = per-layer past and image inputs, keys held transposed.
+# Exports of another version are refused with a message to re-export.
+GRAPH_VERSION = 2
 
 
 def read_manifest(model_dir: str | Path) -> dict[str, Any] | None:
@@ -58,14 +63,17 @@ def physical_cores() -> int:
 class OnnxSession:
     """One batch of images being decoded by the decoder graph."""
 
-    def __init__(self, backend: "OnnxBackend", cross: np.ndarray, group: int, prompts: np.ndarray,
+    def __init__(self, backend: "OnnxBackend", memory: dict[str, np.ndarray], group: int, prompts: np.ndarray,
                  valid: np.ndarray, max_new: int):
-        self.backend, self.cross = backend, cross
+        self.backend, self.memory = backend, memory
         self.ops = backend.ops
         t = backend.dims.text
         rows, p = prompts.shape
         length = t.check_length(p, max_new)
-        self.cache = np.zeros((t.layers, 2, rows, t.heads, length, t.hidden // t.heads), dtype=backend.cache_dtype)
+        hd = t.hidden // t.heads
+        # keys held transposed, as the graph multiplies them: (layers, rows, heads, hd, L)
+        self.keys = np.zeros((t.layers, rows, t.heads, hd, length), dtype=backend.cache_dtype)
+        self.values = np.zeros((t.layers, rows, t.heads, length, hd), dtype=backend.cache_dtype)
         self.filled = np.zeros((rows, length), dtype=bool)
         n_pad = (~valid).sum(axis=1)
         positions = np.maximum(np.arange(p)[None, :] - n_pad[:, None], 0)
@@ -74,12 +82,14 @@ class OnnxSession:
         self.next_pos = (p - n_pad).astype(np.int64)
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, new_valid: np.ndarray) -> np.ndarray:
-        logits, present = self.backend.decoder.run(None, {
-            "tokens": tokens, "positions": positions, "new_valid": new_valid, "past": self.cache,
-            "past_valid": self.filled, "cross": self.cross,
-        })
+        feed = {"tokens": tokens, "positions": positions, "new_valid": new_valid, "past_valid": self.filled}
+        for i in range(len(self.keys)):  # contiguous views: ONNX Runtime reads them without a copy
+            feed[f"past_kt.{i}"], feed[f"past_v.{i}"] = self.keys[i], self.values[i]
+        feed.update(self.memory)
+        logits, new_kt, new_v = self.backend.decoder.run(None, feed)
         t = tokens.shape[1]
-        self.cache[:, :, :, :, self.start : self.start + t] = present
+        self.keys[..., self.start : self.start + t] = new_kt
+        self.values[:, :, :, self.start : self.start + t] = new_v
         self.filled[:, self.start : self.start + t] = new_valid
         self.start += t
         return logits
@@ -92,7 +102,9 @@ class OnnxSession:
         return logits
 
     def reorder(self, rows: np.ndarray) -> None:
-        self.cache[:, :, :, :, : self.start] = self.cache[:, :, rows, :, : self.start]
+        # only the filled slots move; beams of one image share positions and padding
+        self.keys[..., : self.start] = self.keys[:, rows, ..., : self.start]
+        self.values[:, :, :, : self.start] = self.values[:, rows, :, : self.start]
 
 
 class OnnxBackend:
@@ -121,18 +133,42 @@ class OnnxBackend:
         if missing:
             raise ValueError(f"ONNX Runtime provider(s) {', '.join(missing)} not available here "
                              f"(available: {', '.join(sorted(available))})")
+        manifest = manifest if manifest is not None else read_manifest(model_dir)
         names = manifest or {}
+        version = names.get("graph_version", 1)
+        if version != GRAPH_VERSION:
+            raise CheckpointError(
+                f"{model_dir} holds ONNX graphs of interface version {version}; this blipcap reads version "
+                f"{GRAPH_VERSION}: export again with `blipcap export-onnx --model <checkpoint> --out DIR`"
+            )
         sessions = [
             ort.InferenceSession(str(model_dir / names.get(key, default)), sess_options=opts, providers=providers)
             for key, default in (("encoder", "encoder.onnx"), ("decoder", "decoder.onnx"))
         ]
         return cls(*sessions, dims=dims, manifest=manifest)
 
-    def encode(self, pixels: np.ndarray) -> np.ndarray:
-        (cross,) = self.encoder.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
-        return cross
+    # Images per encoder run on the CPU provider: on the BLIP-large shape (2 cores, int8) runs of 2
+    # were as fast as one run of 8 or a little faster (a smaller working set); BENCHMARKS.md.
+    cpu_encode_chunk = 2
 
-    def start(self, memory: np.ndarray, group: int, prompts: np.ndarray, valid: np.ndarray,
+    def encode(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 3, H, W) pixels -> image memory: each decoder layer's keys (transposed) and values,
+        by the decoder graph's input names."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        names = [o.name for o in self.encoder.get_outputs()]
+        on_cpu = self.encoder.get_providers()[0] == "CPUExecutionProvider"
+        chunk = self.cpu_encode_chunk if on_cpu else len(pixels)
+        first = self.encoder.run(None, {"pixels": pixels[:chunk]})
+        if len(pixels) <= chunk:
+            return dict(zip(names, first))
+        out = [np.empty((len(pixels),) + a.shape[1:], dtype=a.dtype) for a in first]
+        for i in range(0, len(pixels), chunk):
+            part = first if i == 0 else self.encoder.run(None, {"pixels": pixels[i : i + chunk]})
+            for whole, piece in zip(out, part):
+                whole[i : i + chunk] = piece
+        return dict(zip(names, out))
+
+    def start(self, memory: dict[str, np.ndarray], group: int, prompts: np.ndarray, valid: np.ndarray,
               max_new: int) -> tuple[OnnxSession, np.ndarray]:
         session = OnnxSession(self, memory, group, prompts, valid, max_new)
         return session, session.first_logits
