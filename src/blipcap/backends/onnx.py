@@ -102,9 +102,10 @@ class OnnxSession:
         return logits
 
     def reorder(self, rows: np.ndarray) -> None:
-        # only the filled slots move; beams of one image share positions and padding
-        self.keys[..., : self.start] = self.keys[:, rows, ..., : self.start]
-        self.values[:, :, :, : self.start] = self.values[:, rows, :, : self.start]
+        # beams of one image share positions and padding, so only the caches move; whole rows are
+        # contiguous blocks, much faster to gather than the filled part alone (strided in the keys)
+        self.keys = np.take(self.keys, rows, axis=1)
+        self.values = np.take(self.values, rows, axis=1)
 
 
 class OnnxBackend:
