@@ -5,8 +5,12 @@
 
 "matmuls alone" times exactly the matrix multiplications one encoder pass does (patch embedding,
 qkv, attention scores and values, projection, MLP, and the decoder's cross-attention K/V
-projection) as bare torch.matmul calls on tensors of the same shapes and dtype, so the ratio
-encoder / matmuls shows how much time goes anywhere else (LayerNorm, GELU, softmax, copies).
+projection) as bare calls on tensors of the same shapes and dtype, each with the kernel the encoder
+uses for it: the linear layers through oneDNN on pre-packed weights (blipcap's CPU path,
+backends/cpu_pack.py; plain torch.matmul where packing is unavailable), the attention products as
+torch.matmul on (batch x heads) stacks. So encoder / matmuls shows how much time goes anywhere else
+(LayerNorm, GELU, softmax, copies, attention's own overheads). The encoder runs the images in the
+backend's CPU chunks, as captioning does.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def best_of(fn, repeat: int = 3) -> float:
 
 
 def matmul_only(dims, b: int, dtype: torch.dtype):
+    from blipcap.backends.cpu_pack import PackedLinear, packing_available
+
     v, t = dims.vision, dims.text
     n = v.num_patches + 1
     hd = v.hidden // v.heads
@@ -42,24 +48,44 @@ def matmul_only(dims, b: int, dtype: torch.dtype):
     def r(*shape):
         return torch.randn(*shape, generator=g).to(dtype)
 
-    x_patch, w_patch = r(b * v.num_patches, 3 * v.patch_size**2), r(3 * v.patch_size**2, v.hidden)
-    x, w_qkv, w_proj = r(b * n, v.hidden), r(v.hidden, 3 * v.hidden), r(v.hidden, v.hidden)
-    w_fc1, h, w_fc2 = r(v.hidden, v.mlp), r(b * n, v.mlp), r(v.mlp, v.hidden)
+    def linear(d_in, d_out):
+        dense = torch.nn.Linear(d_in, d_out, bias=False).to(dtype)
+        return PackedLinear(dense) if packing_available() else dense
+
+    x_patch, patch = r(b * v.num_patches, 3 * v.patch_size**2), linear(3 * v.patch_size**2, v.hidden)
+    x, h = r(b * n, v.hidden), r(b * n, v.mlp)
+    qkv, proj, fc1, fc2 = linear(v.hidden, 3 * v.hidden), linear(v.hidden, v.hidden), linear(v.hidden, v.mlp), linear(v.mlp, v.hidden)
     q, k = r(b * v.heads, n, hd), r(b * v.heads, hd, n)
     att, val = r(b * v.heads, n, n), r(b * v.heads, n, hd)
-    w_kv = r(v.hidden, 2 * t.hidden)
+    kv = linear(v.hidden, 2 * t.hidden)
 
     def run():
-        torch.matmul(x_patch, w_patch)
+        patch(x_patch)
         for _ in range(v.layers):
-            torch.matmul(x, w_qkv)
+            qkv(x)
             torch.bmm(q, k)
             torch.bmm(att, val)
-            torch.matmul(x, w_proj)
-            torch.matmul(x, w_fc1)
-            torch.matmul(h, w_fc2)
+            proj(x)
+            fc1(x)
+            fc2(h)
         for _ in range(t.layers):
-            torch.matmul(x, w_kv)
+            kv(x)
+
+    return torch.inference_mode()(run)
+
+
+def attention_matmuls(dims, b: int, dtype: torch.dtype):
+    """The attention products alone (for the split in the table)."""
+    v = dims.vision
+    n, hd = v.num_patches + 1, v.hidden // v.heads
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(b * v.heads, n, hd, generator=g).to(dtype), torch.randn(b * v.heads, hd, n, generator=g).to(dtype)
+    att, val = torch.randn(b * v.heads, n, n, generator=g).to(dtype), torch.randn(b * v.heads, n, hd, generator=g).to(dtype)
+
+    def run():
+        for _ in range(v.layers):
+            torch.bmm(q, k)
+            torch.bmm(att, val)
 
     return run
 
@@ -85,10 +111,12 @@ def main() -> None:
         pixels = np.random.default_rng(0).normal(0, 1, (args.images, 3, size, size)).astype(np.float32)
         for dtype in ("float32", "bfloat16"):
             backend = TorchBackend.load(path, dims, device="cpu", dtype=dtype)
-            backend.cpu_encode_chunk = args.images
+            chunk = backend.cpu_encode_chunk
             enc = best_of(lambda: backend.encode(pixels))
-            mm = best_of(matmul_only(dims, args.images, getattr(torch, dtype)))
-            print(f"| blipcap torch | {dtype} | {enc / args.images:.3f} | {mm / args.images:.3f} | {enc / mm:.2f} |")
+            mm = best_of(matmul_only(dims, chunk, getattr(torch, dtype))) * args.images / chunk
+            att = best_of(attention_matmuls(dims, chunk, getattr(torch, dtype))) * args.images / chunk
+            print(f"| blipcap torch | {dtype} | {enc / args.images:.3f} | {mm / args.images:.3f} "
+                  f"(attention products {att / args.images:.3f}) | {enc / mm:.2f} |")
             sys.stdout.flush()
             del backend
         if args.onnx:

@@ -104,7 +104,7 @@ def _time_blipcap(cap, images, opts, batch_size: int) -> tuple[float, float, lis
 
     backend.encode = timed_encode  # instance attribute: measures this run only
     try:
-        cap.caption(images[:1], opts)
+        cap.caption(images, opts, batch_size=batch_size)  # warm-up: one untimed pass, as for transformers
         spent[0] = 0.0
         t0 = time.perf_counter()
         caps = cap.caption(images, opts, batch_size=batch_size)
@@ -130,7 +130,7 @@ def _time_transformers(path: Path, images, opts, dtype: str, device: str) -> tup
             pix = proc(batch, return_tensors="pt").pixel_values.to(device, torch_dtype)
             return model.generate(pixel_values=pix, **gen)
 
-    run(images[:1])
+    run(images)  # warm-up: one untimed pass over the same batch, as for blipcap
     t0 = time.perf_counter()
     out = run(images)
     if device == "cuda":

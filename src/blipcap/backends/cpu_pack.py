@@ -54,22 +54,33 @@ class PackedLinear(nn.Module):
 def pack_linears(model: nn.Module, release: Callable[[torch.Tensor], object] | None = None) -> int:
     """Replace every nn.Linear under `model` with a PackedLinear in place; returns how many.
 
-    Each dense weight is dropped as soon as its packed copy exists (`release(weight)` is called
-    first, for a loader that can free the weight's memory-mapped pages), so packing never holds
-    two copies of more than one layer.
+    oneDNN's reorder runs on one core, so layers are packed on as many threads as torch uses for
+    compute (load of BLIP-large: 0.41 s on one thread, ~0.18 s on two), a few at a time: each dense
+    weight is dropped as soon as its packed copy exists (`release(weight)` is called first, for a
+    loader that can free the weight's memory-mapped pages), so packing never holds two copies of
+    more than a few layers.
     """
-    count = 0
-    parents = [m for m in model.modules() if not isinstance(m, nn.Linear)]
-    for parent in parents:
-        names = [name for name, child in parent.named_children() if isinstance(child, nn.Linear)]
-        for name in names:
-            linear = getattr(parent, name)
-            setattr(parent, name, PackedLinear(linear))
-            if release is not None:
-                release(linear.weight)
-            del linear
-            count += 1
-    return count
+    from concurrent.futures import ThreadPoolExecutor
+
+    sites = [
+        (parent, name)
+        for parent in model.modules()
+        if not isinstance(parent, nn.Linear)
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
+    workers = max(1, torch.get_num_threads())
+    with ThreadPoolExecutor(workers) as pool:
+        for i in range(0, len(sites), workers):
+            window = sites[i : i + workers]
+            packed = list(pool.map(lambda site: PackedLinear(getattr(*site)), window))
+            for (parent, name), new in zip(window, packed):
+                old = getattr(parent, name)
+                setattr(parent, name, new)
+                if release is not None:
+                    release(old.weight)
+            del old, packed
+    return len(sites)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
