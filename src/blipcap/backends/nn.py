@@ -140,6 +140,12 @@ class TextBlock(nn.Module):
         return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
 
 
+def _embedding(n: int, d: int) -> nn.Embedding:
+    # Given a weight, nn.Embedding skips its random init, which on the meta device (where
+    # TorchBackend builds the model) would import torch._dynamo: 1.3 s of a 1.8 s load.
+    return nn.Embedding(n, d, _weight=torch.empty(n, d))
+
+
 class LMHead(nn.Module):
     def __init__(self, d: TextDims):
         super().__init__()
@@ -155,8 +161,8 @@ class TextDecoder(nn.Module):
     def __init__(self, d: TextDims):
         super().__init__()
         self.dims = d
-        self.tok_embed = nn.Embedding(d.vocab, d.hidden)
-        self.pos_embed = nn.Embedding(d.max_positions, d.hidden)
+        self.tok_embed = _embedding(d.vocab, d.hidden)
+        self.pos_embed = _embedding(d.max_positions, d.hidden)
         self.ln_embed = nn.LayerNorm(d.hidden, eps=d.eps)
         self.blocks = nn.ModuleList(TextBlock(d) for _ in range(d.layers))
         self.head = LMHead(d)
