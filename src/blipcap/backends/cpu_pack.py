@@ -81,34 +81,3 @@ def pack_linears(model: nn.Module, release: Callable[[torch.Tensor], object] | N
                     release(old.weight)
             del old, packed
     return len(sites)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_allocator_tuned = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep the large activation buffers of CPU inference on glibc's heap instead of fresh mmaps.
-
-    glibc serves every allocation above its mmap threshold (at most 32 MB) with a new mapping and
-    returns it on free, so each ViT layer's activations are page-faulted and zeroed again on every
-    call: ~10 s of kernel time in a 60 s captioning run on the BLIP-large shape, and the encoder
-    ~20% slower (BENCHMARKS.md). This sets M_MMAP_MAX=0 and a 1 GiB trim threshold once per process
-    (what LD_PRELOADing jemalloc or tcmalloc achieves, which PyTorch's CPU performance guide
-    recommends). Freed memory is then reused rather than returned to the OS, so RSS stays at its
-    high-water mark. No effect except on glibc; set BLIPCAP_KEEP_MALLOC=1 to leave malloc alone.
-    """
-    global _allocator_tuned
-    import ctypes
-    import os
-    import sys
-
-    if _allocator_tuned or os.environ.get("BLIPCAP_KEEP_MALLOC") == "1" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
-    except (OSError, AttributeError):  # not glibc
-        return False
-    _allocator_tuned = ok
-    return ok

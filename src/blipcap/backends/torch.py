@@ -17,7 +17,7 @@ import torch
 
 from ..arrays import TorchOps
 from ..checkpoint import MappedPages, ModelDims, load_state_dict, weights_file
-from .cpu_pack import pack_linears, packing_available, tune_cpu_allocator
+from .cpu_pack import pack_linears, packing_available
 from .nn import BlipCaptioner
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -116,7 +116,6 @@ class TorchBackend:
         model.eval().requires_grad_(False)
         del state
         if pack and dev.type == "cpu" and packing_available():
-            tune_cpu_allocator()
             pack_linears(model, release=pages.release)
         return cls(model, dev, dt)
 
