@@ -57,6 +57,7 @@ class TorchSession:
         self.cache = torch.zeros(
             (t.layers, 2, rows, t.heads, self.length, t.hidden // t.heads), dtype=backend.dtype, device=dev
         )
+        self._spare: torch.Tensor | None = None  # the reorder's second buffer
         self.valid = torch.ones((rows, self.length), dtype=torch.bool, device=dev)
         self.valid[:, :p] = torch.from_numpy(valid).to(dev)
         n_pad = torch.from_numpy((~valid).sum(axis=1)).to(dev)
@@ -83,8 +84,14 @@ class TorchSession:
         return logits
 
     def reorder(self, rows: torch.Tensor) -> None:
-        # only the filled slots move; beams of one image share positions and padding
-        self.cache[:, :, :, :, : self.start] = self.cache[:, :, rows, :, : self.start]
+        # Beams of one image share positions and padding, so only the cache moves: whole rows
+        # (contiguous blocks) gathered into a second buffer that then swaps in. On the CPU that is
+        # ~4x faster than moving the strided filled part in place, and reusing the buffer avoids
+        # page-faulting a fresh allocation every step.
+        if self._spare is None:
+            self._spare = torch.empty_like(self.cache)
+        torch.index_select(self.cache, 2, rows, out=self._spare)
+        self.cache, self._spare = self._spare, self.cache
 
 
 class TorchBackend:
