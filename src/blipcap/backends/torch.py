@@ -136,8 +136,6 @@ class TorchBackend:
         """(B, 3, H, W) float32 pixels -> image memory: cross-attention K/V for every decoder layer."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         chunk = self.cpu_encode_chunk if self.device.type == "cpu" else x.shape[0]
-        if x.shape[0] <= chunk:
-            return self.model.encode(x)
         d = self.dims
         v, t = d.vision, d.text
         out = x.new_empty((t.layers, 2, x.shape[0], t.heads, v.num_patches + 1, t.hidden // t.heads))
