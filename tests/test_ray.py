@@ -168,7 +168,6 @@ def test_a_model_the_workers_cannot_load_stops_the_job_with_its_reason(cluster, 
 @pytest.mark.parametrize("inputs, args, message", [
     (["p"], ["--output", "o", "--sidecar"], "--engine ray writes --output DIR only; --sidecar: use the local engine"),
     (["p"], [], "--engine ray needs --output DIR"),
-    (["p"], ["--output", "o", "--parallel", "2"], "--parallel is for the local engine"),
     (["http://example.com/a.jpg"], ["--output", "o"], "not http(s) URLs"),
     (["p", "file:///tmp/x.png"], ["--output", "o"], "give local paths or URIs, not both"),
 ])

@@ -139,9 +139,6 @@ def _run_ray(args: argparse.Namespace) -> int:
                                           (f"--existing {args.existing}", args.existing != "skip")) if used]
     if local_only:
         raise ValueError(f"--engine ray writes --output DIR only; {', '.join(local_only)}: use the local engine")
-    if args.parallel != 1:
-        raise ValueError("--parallel is for the local engine; with --engine ray, --workers actors each caption "
-                         "their own batches")
     if not args.output:
         raise ValueError("--engine ray needs --output DIR, the folder its Parquet shards go to")
     if not args.inputs and args.files_from is None:
