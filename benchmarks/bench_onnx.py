@@ -5,8 +5,7 @@
 
 A random-initialised checkpoint (the test suite's peaked weights) is built with transformers in a
 temp dir and exported with `blipcap.export.export_onnx` (fp32; int8 with per-tensor and with
-per-channel weight scales; the per-channel graphs also with `parallel=2`: two halves of each batch
-at once, one thread each). All engines caption the same images with the same options. Reported:
+per-channel weight scales). All engines caption the same images with the same options. Reported:
 seconds per image (and the encoder's share for the ONNX graphs), the ratio to transformers, and the
 int8 graphs' top-1 agreement with fp32 per decoding step under teacher forcing (both decoders are
 fed the fp32 graphs' own tokens, so one early disagreement does not cascade).
@@ -101,9 +100,6 @@ def main() -> None:
 
         engines = {"blipcap torch fp32": Captioner.load(ckpt, backend="torch", device="cpu", dtype="float32")}
         engines.update({name: Captioner.load(path, backend="onnx") for name, (path, _) in exports.items()})
-        # the same per-channel graphs, two halves of each batch at once on one thread each
-        engines["onnx int8 (per-channel), parallel 2"] = Captioner.load(
-            exports["onnx int8 (per-channel)"][0], backend="onnx", parallel=2)
         tokens = {}
         encode_s = {}
         for name, cap in engines.items():
@@ -111,14 +107,13 @@ def main() -> None:
             caps, secs = timed(lambda: cap.caption(imgs, batch_size=args.images, **gen))
             rows[name] = secs
             tokens[name] = [c.token_ids for c in caps]
-            if cap.parallel == 1:  # a parallel engine's sessions run one thread each: no comparable encoder time
-                pixels = cap.preprocessor.batch(imgs)
-                _, encode_s[name] = timed(lambda: cap.backend.encode(pixels))
+            pixels = cap.preprocessor.batch(imgs)
+            _, encode_s[name] = timed(lambda: cap.backend.encode(pixels))
         pixels = engines["onnx fp32"].preprocessor.batch(imgs)
         agreement = {
             name: teacher_forced_agreement(engines["onnx fp32"].backend, engines[name].backend, pixels,
                                            tokens["onnx fp32"], engines[name].codec.bos_id)
-            for name in engines if "int8" in name and "parallel" not in name
+            for name in engines if "int8" in name
         }
         same_as_torch = float(np.mean([a == b for a, b in zip(tokens["onnx fp32"], tokens["blipcap torch fp32"])]))
 

@@ -79,36 +79,6 @@ def test_export_of_another_graph_interface_is_refused_with_what_to_do(tiny_expor
         Captioner.load(old)
 
 
-def test_parallel_captions_parts_of_a_batch_at_once_with_the_same_results(tiny_exports, tiny_fixture):
-    from blipcap.backends.onnx import physical_cores
-
-    images, _ = fixture_images(seed=5, n=5)
-    one = Captioner.load(tiny_exports["float32"])
-    two = Captioner.load(tiny_exports["float32"], parallel=2)
-    assert two.backend.encoder.get_session_options().intra_op_num_threads == max(1, physical_cores() // 2)
-    for kw in (dict(), dict(num_beams=3), dict(num_beams=2, num_return_sequences=2)):
-        want = one.caption(images, batch_size=5, **kw)
-        got = two.caption(images, batch_size=5, **kw)  # parts of 3 and 2 images, each on its own thread
-        assert [c.token_ids for c in got] == [c.token_ids for c in want]
-        assert [[a.text for a in c.alternatives] for c in got] == [[a.text for a in c.alternatives] for c in want]
-    # a bad image keeps its place and its error when the batch is split
-    mixed = [images[0], b"not an image", images[1]]
-    got = two.caption(mixed, errors="return", batch_size=3)
-    assert got[1].error is not None and [got[0].text, got[2].text] == [c.text for c in one.caption([images[0], images[1]])]
-    # sampling is not split, so a seed gives the same captions whatever `parallel` is
-    sample = dict(do_sample=True, seed=7, temperature=3.0, top_k=0, max_new_tokens=8)
-    want = [c.text for c in one.caption(images, **sample)]
-    assert want != [c.text for c in one.caption(images, **{**sample, "seed": 8})]  # the draws matter here
-    assert [c.text for c in two.caption(images, **sample)] == want
-
-
-def test_parallel_is_refused_where_it_does_not_apply(tiny_exports, tiny_fixture):
-    with pytest.raises(ValueError, match="onnx backend"):
-        Captioner.load(tiny_fixture, backend="torch", parallel=2)
-    with pytest.raises(ValueError, match="at least 1"):
-        Captioner.load(tiny_exports["float32"], parallel=0)
-
-
 def test_session_options_are_set_on_purpose(tiny_exports):
     from blipcap.backends.onnx import physical_cores
 

@@ -154,7 +154,7 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 def run_bench(model: str | None = None, *, random: str | None = None, backend: str = "auto", device: str = "auto",
               dtype: str = "auto", batch_size: int = 8, images: int = 8, beams: int = 3, new_tokens: int = 20,
-              against: str | None = None, parallel: int = 1) -> BenchResult:
+              against: str | None = None) -> BenchResult:
     from .captioner import Captioner
     from .decoding import CaptionOptions
 
@@ -176,17 +176,15 @@ def run_bench(model: str | None = None, *, random: str | None = None, backend: s
             _child("from blipcap.export import export_onnx as e; e(sys.argv[1], sys.argv[2], int8=sys.argv[3] == 'int8')",
                    str(path), str(load_from), dtype)
         t0 = time.perf_counter()
-        cap = Captioner.load(load_from if path else model, backend=backend, parallel=parallel,
+        cap = Captioner.load(load_from if path else model, backend=backend,
                              **({} if backend == "onnx" else dict(device=device, dtype=dtype)))
         load_s = time.perf_counter() - t0
         info = cap.backend.info()
         dtype_label = info["dtype"]
         total, enc, ours = _time_blipcap(cap, imgs, opts, batch_size)
-        if parallel > 1:
-            enc = None  # parts encode concurrently: their summed encode time is not a share of the wall time
         result = BenchResult(model=str(model or f"random {random}"), machine=machine(),
                              options=dict(images=images, beams=beams, new_tokens=new_tokens, batch_size=batch_size,
-                                          backend=info["backend"], device=info["device"], parallel=parallel))
+                                          backend=info["backend"], device=info["device"]))
         result.runs.append(Timing("blipcap", dtype_label, total, images, enc, load_s, _peak_rss_mb()))
         del cap
         if against == "transformers":
@@ -215,8 +213,7 @@ def format_table(result: BenchResult) -> str:
     m, o = result.machine, result.options
     lines = [
         f"model: {result.model}; {o['images']} images, batch {o['batch_size']}, {o['beams']} beams, "
-        f"{o['new_tokens']} new tokens; backend {o['backend']} on {o['device']}"
-        + (f", {o['parallel']} batch parts at once" if o.get("parallel", 1) > 1 else ""),
+        f"{o['new_tokens']} new tokens; backend {o['backend']} on {o['device']}",
         f"machine: {m.get('cpu')}, {m.get('threads', '?')} threads{', ' + m['gpu'] if 'gpu' in m else ''}; {m['date']}",
         "",
         "| engine | dtype | s / image | encode s / image | decode s / image | images / s | blipcap speed-up |",

@@ -57,15 +57,12 @@ def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
     return CaptionOptions(**opts)
 
 
-def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads,
-                  parallel: int = 1) -> Any:
+def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads) -> Any:
     from .backends.onnx import read_manifest
 
     manifest = read_manifest(path)
     if backend == "auto":
         backend = "onnx" if manifest else "torch"
-    if parallel != 1 and backend != "onnx":
-        raise ValueError("parallel > 1 is for the onnx backend (PyTorch already uses every core in one call)")
     if backend == "onnx":
         if manifest is None:
             raise CheckpointError(
@@ -73,10 +70,6 @@ def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, 
             )
         from .backends.onnx import OnnxBackend
 
-        if threads is None and parallel > 1:
-            from .backends.onnx import physical_cores
-
-            threads = max(1, physical_cores() // parallel)
         return OnnxBackend.load(path, dims, providers=providers, threads=threads, manifest=manifest)
     if backend == "torch":
         if manifest is not None:
@@ -92,46 +85,33 @@ class Captioner:
 
     def __init__(self, backend: Any, codec: TextCodec, preprocessor: Preprocessor, defaults: CaptionOptions,
                  model_id: str, revision: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 allow_urls: bool = False, parallel: int = 1):
-        if parallel < 1:
-            raise ValueError(f"parallel must be at least 1, got {parallel}")
+                 allow_urls: bool = False):
         self.backend, self.codec, self.preprocessor = backend, codec, preprocessor
         self.defaults = defaults
         self.model_id, self.revision = model_id, revision
         self.max_pixels, self.allow_urls = max_pixels, allow_urls
-        self.parallel = parallel
-        self._pool = None  # threads for parallel > 1, made on first use
 
     @classmethod
     def load(cls, model: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
              backend: str = "auto", revision: str | None = None, cache_dir: str | os.PathLike | None = None,
              local_files_only: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
              allow_urls: bool = False, providers: Sequence[str] | None = None,
-             threads: int | None = None, parallel: int = 1) -> "Captioner":
+             threads: int | None = None) -> "Captioner":
         """Load a short name (large, base), a Hub repo id, a local checkpoint directory, or a
         directory made by `blipcap export-onnx`.
 
         backend: "torch", "onnx", or "auto" (ONNX Runtime for an export directory, else PyTorch).
         providers/threads: ONNX Runtime execution providers and intra-op threads (onnx backend).
-        parallel (onnx backend): split each batch into this many parts captioned at once, each on its
-        own thread through the same sessions (one copy of the weights), with threads = physical
-        cores / parallel unless given. Many small operations scale poorly across cores inside one
-        run; parallel runs keep every core busy (2 parts on 1 thread each: ~8% more throughput than
-        one run on 2 threads for int8 BLIP-large on 2 cores, BENCHMARKS.md). Sampling (do_sample)
-        keeps one part per batch, so a seed gives the same captions whatever `parallel` is. int8
-        graphs quantise activations per run, so their captions can depend on how a batch is split
-        (as they depend on which images share a batch); fp32 and fp16 captions do not.
         """
         resolved = resolve(model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         config = read_config(resolved.path)
         dims = dims_from_config(config)
-        engine = _load_backend(backend, resolved.path, dims, device, dtype, providers, threads, parallel)
+        engine = _load_backend(backend, resolved.path, dims, device, dtype, providers, threads)
         codec = TextCodec.from_dir(resolved.path, dims.bos_id, dims.eos_id, dims.pad_id)
         pre_path = resolved.path / "preprocessor_config.json"
         pre = Preprocessor.from_file(pre_path) if pre_path.is_file() else Preprocessor.from_config({})
         defaults = _defaults_from_checkpoint(resolved.path, config)
-        return cls(engine, codec, pre, defaults, resolved.model_id, resolved.revision, max_pixels, allow_urls,
-                   parallel)
+        return cls(engine, codec, pre, defaults, resolved.model_id, resolved.revision, max_pixels, allow_urls)
 
     # --- public calls ------------------------------------------------------------------------------
 
@@ -216,19 +196,6 @@ class Captioner:
         )
 
     def _caption_batch(self, loaded: list, prompts: Sequence[str | None], opts: CaptionOptions) -> list[Caption]:
-        parts = min(self.parallel, len(loaded))
-        if parts <= 1 or opts.do_sample:
-            return self._caption_part(loaded, prompts, opts)
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="blipcap-part")
-        size = -(-len(loaded) // parts)
-        spans = [(i, i + size) for i in range(0, len(loaded), size)]
-        futures = [self._pool.submit(self._caption_part, loaded[a:b], prompts[a:b], opts) for a, b in spans]
-        return [caption for future in futures for caption in future.result()]
-
-    def _caption_part(self, loaded: list, prompts: Sequence[str | None], opts: CaptionOptions) -> list[Caption]:
         good = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         out: list[Caption] = [Caption("", error=item) if isinstance(item, ImageError) else None for item in loaded]
         if not good:

@@ -25,9 +25,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="auto: ONNX Runtime for a directory made by export-onnx, else PyTorch")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="ONNX backend: caption N parts of each batch at once, each on physical cores / N threads "
-                        "(default 1)")
 
 
 def _options(args: argparse.Namespace):
@@ -54,8 +51,7 @@ def _load_captioner(args: argparse.Namespace):
     from .captioner import Captioner
 
     return Captioner.load(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                          allow_urls=args.allow_urls, backend=args.backend, threads=args.threads,
-                          parallel=args.parallel)
+                          allow_urls=args.allow_urls, backend=args.backend, threads=args.threads)
 
 
 def _sidecar_ext(value: str) -> str:
@@ -252,7 +248,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = run_bench(args.model, random=args.random, backend=args.backend, device=args.device, dtype=args.dtype,
                        batch_size=args.batch_size, images=args.images, beams=args.beams, new_tokens=args.new_tokens,
-                       against=args.against, parallel=args.parallel)
+                       against=args.against)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return 0
 
@@ -272,7 +268,6 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--beams", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=20)
-    p.add_argument("--parallel", type=int, default=1, metavar="N", help="ONNX backend: batch parts captioned at once")
     p.add_argument("--against", choices=["transformers"], help="also time transformers at fp32 and bf16/fp16")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
