@@ -31,24 +31,21 @@ def packing_available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """y = x W^T + b with W held in oneDNN's blocked layout; `post` fuses an activation ("gelu")."""
+    """y = x W^T + b with W held in oneDNN's blocked layout."""
 
-    def __init__(self, linear: nn.Linear, post: str = "none"):
+    def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
         self.dtype = weight.dtype
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
         self.bias = None if linear.bias is None else linear.bias.detach().contiguous()
-        self.post = post
-        # erf GELU, as F.gelu's default
-        self.algorithm = "none" if post == "gelu" else ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.post, [], self.algorithm)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, dtype={self.dtype}, post={self.post}"
+        return f"in={self.in_features}, out={self.out_features}, dtype={self.dtype}"
 
 
 def pack_linears(model: nn.Module, release: Callable[[torch.Tensor], object] | None = None) -> int:

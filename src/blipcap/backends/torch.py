@@ -3,8 +3,9 @@
 Owns devices and dtypes. The model is built on the meta device and its parameters are assigned
 straight from the (memory-mapped) checkpoint tensors, so loading makes no random initialisation and
 no second copy at float32; on the CPU the linear layers' weights are then re-laid-out once for
-oneDNN (cpu_pack.py), replacing the dense ones. Decoding state lives in `TorchSession`: the preallocated self-attention
-cache, the rows' next positions and their padding mask.
+oneDNN (cpu_pack.py), replacing the dense ones, and each copied weight's mapped pages are dropped.
+Decoding state lives in `TorchSession`: the preallocated self-attention cache, the rows' next
+positions and their padding mask.
 """
 
 from __future__ import annotations
