@@ -61,6 +61,21 @@ def test_mapped_pages_are_released_only_for_that_files_mappings(tmp_path):
     assert not other.ranges and not other.release(mapped)
 
 
+def test_mapped_pages_follow_the_hub_caches_symlinks(tmp_path):
+    """The Hub cache links snapshots/<rev>/model.safetensors to blobs/<hash>; /proc/self/maps names
+    the blob, so the snapshot path must resolve to it."""
+    blob = tmp_path / "blobs" / "abc123"
+    blob.parent.mkdir()
+    st.save_file({"w": torch.ones(1024 * 1024)}, str(blob))
+    link = tmp_path / "snapshots" / "rev" / "model.safetensors"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    mapped = st.load_file(str(link))["w"]
+    pages = MappedPages(link)
+    assert pages.ranges and pages.release(mapped)
+    assert torch.equal(mapped, torch.ones(1024 * 1024))
+
+
 def test_pack_linears_replaces_each_linear_and_releases_its_weight():
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Linear(8, 4)))
     if not packing_available():
