@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import safetensors.torch as st
@@ -11,6 +13,7 @@ from blipcap.backends.cpu_pack import PackedLinear, pack_linears, packing_availa
 from blipcap.backends.torch import TorchBackend
 from blipcap.checkpoint import MappedPages, dims_from_config, read_config
 
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 needs_onednn = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN linear ops")
 
 
@@ -44,6 +47,7 @@ def test_cpu_backend_is_packed_and_agrees_with_the_unpacked_model(random_ckpt):
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
 
 
+@linux_only
 def test_mapped_pages_are_released_only_for_that_files_mappings(tmp_path):
     path = tmp_path / "w.safetensors"
     big = torch.arange(4 * 1024 * 1024, dtype=torch.float32)  # 16 MiB: many whole pages
@@ -61,6 +65,7 @@ def test_mapped_pages_are_released_only_for_that_files_mappings(tmp_path):
     assert not other.ranges and not other.release(mapped)
 
 
+@linux_only
 def test_mapped_pages_follow_the_hub_caches_symlinks(tmp_path):
     """The Hub cache links snapshots/<rev>/model.safetensors to blobs/<hash>; /proc/self/maps names
     the blob, so the snapshot path must resolve to it."""
