@@ -27,6 +27,21 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * hd)  # (B, T, hidden)
 
 
+class _ExportedAttention(torch.autograd.Function):
+    """Unmasked multi-head attention on (B, T, hidden) tensors; exports as ONNX Runtime's fused
+    com.microsoft.MultiHeadAttention (runs as scaled_dot_product_attention in PyTorch)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads: int):
+        return _merge(F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads)))
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out.setType(q.type())
+        return out
+
+
 class VisionBlock(nn.Module):
     def __init__(self, d: VisionDims):
         super().__init__()
@@ -40,10 +55,22 @@ class VisionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
-        x = x + self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        if torch.onnx.is_in_onnx_export():
+            x = x + self.proj(self._exported_attention(self.ln1(x)))
+        else:
+            qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
+            x = x + self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+    def _exported_attention(self, h: torch.Tensor) -> torch.Tensor:
+        """The ONNX graph's attention: q, k and v as three products with their own (constant-folded)
+        weights, so none is sliced out of a fused output, into ONNX Runtime's fused
+        MultiHeadAttention on (B, T, hidden), so nothing is transposed to or from heads."""
+        w, bias = self.qkv.weight, self.qkv.bias
+        d = w.shape[1]
+        q, k, v = (F.linear(h, w[i * d : (i + 1) * d], bias[i * d : (i + 1) * d]) for i in range(3))
+        return _ExportedAttention.apply(q, k, v, self.heads)
 
 
 class VisionEncoder(nn.Module):
