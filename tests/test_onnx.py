@@ -46,6 +46,16 @@ def test_exported_fixture_captions_right(tiny_exports, dtype, beams):
     assert [c.text for c in cap.caption(images, num_beams=beams)] == expected
 
 
+def test_fp16_export_validates_and_captions_right(tiny_fixture, tmp_path):
+    """fp16 is meant for GPUs; the export's own validation and this check run it on the CPU
+    provider, which is enough to catch a graph ONNX Runtime cannot run in fp16 (e.g. a fused op)."""
+    out = export_onnx(tiny_fixture, tmp_path / "fp16", fp16=True)
+    cap = Captioner.load(out)
+    assert cap.backend.info()["dtype"] == "float16"
+    images, expected = fixture_images(seed=4)
+    assert [c.text for c in cap.caption(images)] == expected
+
+
 def test_export_directory_is_self_contained_with_a_manifest(tiny_exports, tiny_fixture):
     out = tiny_exports["int8"]
     manifest = json.loads((out / "manifest.json").read_text())
