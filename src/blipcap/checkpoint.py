@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class CheckpointError(ValueError):
@@ -43,7 +43,6 @@ class TextDims:
     max_positions: int  # learned absolute position embeddings
     encoder_hidden: int  # width of the image memory the cross-attention reads
     eps: float  # LayerNorm epsilon
-
 
     def check_length(self, prompt_len: int, max_new: int) -> int:
         """The cache length a decode needs; ValueError when it exceeds the position table."""
@@ -250,11 +249,15 @@ class MappedPages:
         return hi > lo and self._madvise(lo, hi - lo, self._MADV_DONTNEED) == 0
 
 
-def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dict[str, tuple[int, ...]]) -> dict:
-    """Our parameter name -> tensor, strictly mapped from the checkpoint's tensors.
+def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dict[str, tuple[int, ...]],
+                    convert: Callable[[Any], Any] | None = None) -> tuple[dict, MappedPages]:
+    """Our parameter name -> tensor, strictly mapped from the checkpoint's tensors, and the file's
+    MappedPages (for a caller that copies the weights further, e.g. packs them).
 
     `expected_shapes` is our model's parameter shapes; a checkpoint tensor that is unknown, a
     parameter that has no tensor, or a shape that differs raises CheckpointError naming the key.
+    `convert` (to a device or dtype) is applied once every check has passed, one tensor at a time;
+    a mapped source whose copy now exists has its pages dropped, as have the parts of fused tensors.
     """
     import torch
 
@@ -302,4 +305,10 @@ def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dic
     not_filled = sorted(set(expected_shapes) - set(state))
     if not_filled:
         raise CheckpointError(f"internal: parameter {not_filled[0]} has no entry in the rename table")
-    return state
+    if convert is not None:
+        for name in list(state):  # one at a time, so each source can go before the next is copied
+            source = state[name]
+            state[name] = convert(source)
+            if state[name].data_ptr() != source.data_ptr():
+                pages.release(source)
+    return state, pages

@@ -2,8 +2,8 @@
 
 On the CPU, `torch.nn.functional.linear` goes through a BLAS sgemm that re-lays-out the weight on
 every call; oneDNN's linear on a weight reordered once into its blocked layout runs the same
-product 2-3x faster at fp32 and ~1.15x at bf16 on AVX-512 machines (benchmarks/bench_encoder.py,
-BENCHMARKS.md). This is the primitive PyTorch's own inductor uses for frozen CPU models
+product 2-3.7x faster at fp32 and 1.2-1.4x at bf16 on this project's AVX-512 machine
+(benchmarks/bench_kernels.py, BENCHMARKS.md). This is the primitive PyTorch's own inductor uses for frozen CPU models
 (`torch.ops.mkldnn._linear_pointwise`), called here directly so eager mode gets it without a
 compile step. The packed weight replaces the module's dense weight (no second copy is kept), so
 a packed model is for inference only; export to ONNX loads an unpacked one.
@@ -52,10 +52,10 @@ def pack_linears(model: nn.Module, release: Callable[[torch.Tensor], object] | N
     """Replace every nn.Linear under `model` with a PackedLinear in place; returns how many.
 
     oneDNN's reorder runs on one core, so layers are packed on as many threads as torch uses for
-    compute (load of BLIP-large: 0.41 s on one thread, ~0.18 s on two), a few at a time: each dense
-    weight is dropped as soon as its packed copy exists (`release(weight)` is called first, for a
-    loader that can free the weight's memory-mapped pages), so packing never holds two copies of
-    more than a few layers.
+    compute (2.3x faster on two threads than on one, benchmarks/bench_kernels.py), a few at a
+    time: each dense weight is dropped as soon as its packed copy exists (`release(weight)` is
+    called first, for a loader that can free the weight's memory-mapped pages), so packing never
+    holds two copies of more than a few layers.
     """
     from concurrent.futures import ThreadPoolExecutor
 

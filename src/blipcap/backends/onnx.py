@@ -115,6 +115,8 @@ class OnnxBackend:
         self.encoder, self.decoder, self.dims = encoder, decoder, dims
         self.manifest = manifest or {}
         self.ops = NumpyOps()
+        self.memory_names = [o.name for o in encoder.get_outputs()]  # the decoder's image inputs
+        self.on_cpu = encoder.get_providers()[0] == "CPUExecutionProvider"
         # fp16 graphs keep float32 inputs and outputs (keep_io_types), so the cache stays float32
         self.cache_dtype = np.float32
 
@@ -156,18 +158,16 @@ class OnnxBackend:
         """(B, 3, H, W) pixels -> image memory: each decoder layer's keys (transposed) and values,
         by the decoder graph's input names."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        names = [o.name for o in self.encoder.get_outputs()]
-        on_cpu = self.encoder.get_providers()[0] == "CPUExecutionProvider"
-        chunk = self.cpu_encode_chunk if on_cpu else len(pixels)
+        chunk = self.cpu_encode_chunk if self.on_cpu else len(pixels)
         first = self.encoder.run(None, {"pixels": pixels[:chunk]})
         if len(pixels) <= chunk:
-            return dict(zip(names, first))
+            return dict(zip(self.memory_names, first))
         out = [np.empty((len(pixels),) + a.shape[1:], dtype=a.dtype) for a in first]
         for i in range(0, len(pixels), chunk):
             part = first if i == 0 else self.encoder.run(None, {"pixels": pixels[i : i + chunk]})
             for whole, piece in zip(out, part):
                 whole[i : i + chunk] = piece
-        return dict(zip(names, out))
+        return dict(zip(self.memory_names, out))
 
     def start(self, memory: dict[str, np.ndarray], group: int, prompts: np.ndarray, valid: np.ndarray,
               max_new: int) -> tuple[OnnxSession, np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..arrays import TorchOps
-from ..checkpoint import MappedPages, ModelDims, load_state_dict, weights_file
+from ..checkpoint import ModelDims, load_state_dict
 from .cpu_pack import pack_linears, packing_available
 from .nn import BlipCaptioner
 
@@ -87,8 +87,8 @@ class TorchSession:
     def reorder(self, rows: torch.Tensor) -> None:
         # Beams of one image share positions and padding, so only the cache moves: whole rows
         # (contiguous blocks) gathered into a second buffer that then swaps in. On the CPU that is
-        # ~4x faster than moving the strided filled part in place, and reusing the buffer avoids
-        # page-faulting a fresh allocation every step.
+        # ~2.4x faster than moving the strided filled part in place (benchmarks/bench_kernels.py),
+        # and reusing the buffer avoids page-faulting a fresh allocation every step.
         if self._spare is None:
             self._spare = torch.empty_like(self.cache)
         torch.index_select(self.cache, 2, rows, out=self._spare)
@@ -112,14 +112,7 @@ class TorchBackend:
         with torch.device("meta"):
             model = BlipCaptioner(dims)
         shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-        state = load_state_dict(model_dir, dims, shapes)
-        pages = MappedPages(weights_file(model_dir))
-        for name in list(state):  # one at a time, dropping each mapped source once it is copied
-            source = state[name]
-            state[name] = source.to(device=dev, dtype=dt)
-            if state[name].data_ptr() != source.data_ptr():
-                pages.release(source)
-            del source
+        state, pages = load_state_dict(model_dir, dims, shapes, convert=lambda t: t.to(device=dev, dtype=dt))
         model.load_state_dict(state, strict=True, assign=True)
         model.eval().requires_grad_(False)
         del state
