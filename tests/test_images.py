@@ -556,3 +556,19 @@ def test_examples_load():
         assert path.stat().st_size <= 150_000
         image = load_image(path)
         assert image.mode == "RGB" and min(image.size) >= 300
+
+
+def test_png_xmp_orientation_is_applied_once():
+    """A PNG keeps XMP in info["XML:com.adobe.xmp"], which Image.getexif() reads an orientation
+    from too: once load_image has turned the image, loading the result again must not turn it back."""
+    from PIL import PngImagePlugin
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), "red").save(buf, "PNG", pnginfo=info)
+    upright = load_image(buf.getvalue())
+    assert upright.size == (20, 40)  # orientation 6: turned a quarter
+    assert load_image(upright).size == (20, 40)

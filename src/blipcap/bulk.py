@@ -43,7 +43,6 @@ from .progress import Progress, Summary
 from .sinks import Record, Sink
 
 _JPEG = b"\xff\xd8\xff"
-_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def options_digest(options: CaptionOptions, alt_text_max: int | None = None) -> str:
@@ -228,13 +227,7 @@ def model_input(image: Image.Image, head: bytes, source, size: tuple[int, int], 
     stored = _stored_size(source, image) if head == _JPEG else image.size
     if resize and image.size != (width, height):
         image = image.resize((width, height), resample)
-    try:  # load_image turned it upright but kept the tag, which caption() would apply a second time
-        exif = image.getexif()
-        if exif.get(_ORIENTATION, 1) != 1:
-            del exif[_ORIENTATION]
-            image.info["exif"] = exif.tobytes()
-    except Exception:  # a broken EXIF block: load_image took it as upright, and so will caption()
-        pass
+    # load_image dropped the orientation tag it applied, so caption() will not turn this again
     return image, *stored
 
 

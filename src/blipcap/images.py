@@ -179,9 +179,10 @@ def _finish(image: Image.Image, name: str, max_pixels: int | None, draft_size=No
     orientation = _orientation(image)  # after load(): a PNG's getexif() would decode it unguarded
     if orientation in _TRANSPOSE:
         image = image.transpose(_TRANSPOSE[orientation])
-        # upright now: drop the tag (transpose copies info), or loading this image again turns it twice
-        image.info.pop("exif", None)
-        image.info.pop("xmp", None)
+        # upright now: drop the tag (transpose copies info), or loading this image again turns it
+        # twice; every key Image.getexif() reads an orientation from, as ImageOps.exif_transpose does
+        for key in ("exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"):
+            image.info.pop(key, None)
     return _to_rgb(image, name)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from PIL import Image
 
 from ..decoding import CaptionOptions
-from ..images import ImageError, UnreadableImageError, load_image
+from ..bulk import decode_bytes
+from ..images import ImageError, UnreadableImageError
 from .urls import UrlFetcher
 
 
@@ -192,14 +193,9 @@ def decode(upload: Upload, *, max_pixels: int | None, preprocessor: Any, fetcher
             if fetcher is None:
                 raise UnreadableImageError(upload.label, "URL inputs are off on this server (start it with --allow-urls)")
             data = fetcher.fetch(upload.url)
-        image = load_image(data, max_pixels=max_pixels)
-        # It is upright now, but keeps its EXIF (and XMP) orientation, which caption() would apply a
-        # second time when it loads this image again: drop the metadata; only the pixels matter.
-        image.info = {}
-        if preprocessor.do_resize:  # exactly the resize the preprocessor would do, done here
-            height, width = preprocessor.size
-            if image.size != (width, height):
-                image = image.resize((width, height), preprocessor.resample)
+        # the folder job's decoding: a large JPEG decoded at reduced scale, then exactly the
+        # preprocessor's resize; upright, without the orientation tag it applied
+        image, _, _ = decode_bytes(data, preprocessor.size, preprocessor.resample, preprocessor.do_resize, max_pixels)
         return image
     except ImageError as e:
         return type(e)(upload.label, e.reason)
