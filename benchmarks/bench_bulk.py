@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from blipcap import Captioner
 from blipcap.bench import machine
 from blipcap.bulk import _decoder, _Item
 from blipcap.discover import find_images
+from blipcap.progress import parse_line
 from blipcap.random_checkpoint import build_random_checkpoint
 
 SIZE = (4000, 3000)  # 12 megapixels
@@ -75,10 +75,10 @@ def run_job(folder: Path, out: Path, ckpt: Path, args) -> tuple[float, float, li
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"the folder job failed ({proc.returncode}):\n{proc.stderr}")
-    m = re.search(r"(\d+) image\(s\) in ([\d.]+) (m?s): (\d+) captioned", proc.stderr)
+    images, seconds, captioned = parse_line(proc.stderr)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert int(m.group(1)) == int(m.group(4)) == len(rows), proc.stderr
-    return float(m.group(2)) / (1000 if m.group(3) == "ms" else 1), wall, rows
+    assert images == captioned == len(rows), proc.stderr
+    return seconds, wall, rows
 
 
 def main() -> None:

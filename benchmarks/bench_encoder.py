@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blipcap.random_checkpoint import SHAPES
 
 
 def best_of(fn, repeat: int = 3) -> float:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import ray  # noqa: E402
 
 from blipcap.bench import machine, synthetic_images  # noqa: E402
 from blipcap.distributed import IO_CPUS, ModelSpec, PoolSpec, RayJob  # noqa: E402
+from blipcap.progress import parse_line  # noqa: E402
 from blipcap.random_checkpoint import build_random_checkpoint  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def run_all(args: argparse.Namespace, tmp: Path) -> None:
                            "--batch-size", str(args.batch_size), "--output", str(out)],
                           capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
-    job = float(re.search(r"image\(s\) in ([\d.]+) s", proc.stderr).group(1))
+    job = parse_line(proc.stderr)[1]
     reference = captions(out)
     runs.append({"engine": "local", "workers": "-", "threads": "torch default", "seconds": wall, "job_seconds": job})
 

@@ -60,3 +60,16 @@ def test_bench_table_for_the_onnx_int8_backend():
 def test_bench_needs_exactly_one_model():
     r = subprocess.run([sys.executable, "-m", "blipcap", "bench"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
+
+
+def test_the_summary_line_parses_back_in_seconds_and_milliseconds():
+    """Benchmarks time the CLI by its summary line: under a second it reads in ms, which a parser
+    looking for "s" alone missed."""
+    from blipcap.progress import Summary, parse_line
+
+    s = Summary(total=4, captioned=4)
+    for seconds in (0.25, 12.5):
+        s.seconds = seconds
+        assert parse_line("loading...\n" + s.line()) == (4, seconds, 4)
+    with pytest.raises(ValueError):
+        parse_line("no summary here")

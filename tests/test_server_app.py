@@ -124,7 +124,9 @@ def test_multipart_json_hf_and_raw_bodies_caption_each_image(cap):
             assert r.json()[0]["generated_text"] == "a blue square"  # 3 new tokens, the [SEP] not reached
 
             r = await c.post("/v1/caption", content=encode(RED, "JPEG"), headers={"content-type": "image/jpeg"})
-            assert r.json() == [{"generated_text": caption_for(*RED), "score": pytest.approx(r.json()[0]["score"])}]
+            (entry,) = r.json()
+            assert set(entry) == {"generated_text", "score"} and isinstance(entry["score"], float)
+            assert entry["generated_text"] == caption_for(*RED)
     run(scenario())
 
 
@@ -213,7 +215,8 @@ def test_bad_images_get_422_with_the_reason(cap, body, kind, reason):
         async with serving(cap) as c:
             r = await c.post("/v1/caption", files={"image": ("upload.bin", body, "application/octet-stream")})
             assert r.status_code == 422
-            assert r.json() == [{"error": pytest.approx(r.json()[0]["error"]), "error_type": kind}]
+            (entry,) = r.json()
+            assert set(entry) == {"error", "error_type"} and entry["error_type"] == kind
             assert r.json()[0]["error"].startswith("upload.bin: ") and reason in r.json()[0]["error"]
             metrics = (await c.get("/metrics")).text
             assert metric(metrics, f'blipcap_errors_total{{kind="{kind}"}}') == 1

@@ -51,6 +51,24 @@ def options_digest(options: CaptionOptions, alt_text_max: int | None = None) -> 
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
+def resolve_options(captioner, options: CaptionOptions | None, overrides: dict,
+                    alt_text_max: int | None) -> tuple[CaptionOptions, str]:
+    """The options caption() will use for these options and overrides, and their digest (what a
+    resumed job compares with the digest stored beside each caption)."""
+    opts = captioner._options(options, dict(overrides), 0)[1]
+    return opts, options_digest(opts, alt_text_max)
+
+
+def final_text(text: str, alt_text_max: int | None) -> str:
+    """A caption as written out: rewritten as alt text when a length limit is set."""
+    return alt_text(text, alt_text_max) if alt_text_max else text
+
+
+def result_error(result) -> str:
+    """The error column for a Caption that came back with an error."""
+    return f"{type(result.error).__name__}: {result.error}"
+
+
 class StopRequest:
     """SIGINT/SIGTERM handling for a job (see the module docstring). ``with stop.installed(): ...``"""
 
@@ -306,9 +324,8 @@ class BulkJob:
     def run(self, captioner) -> Summary:
         self.prepare()
         self.summary = Summary(total=len(self.paths))
-        opts = captioner._options(self.options, dict(self.overrides), 0)[1]  # exactly what caption() uses
-        self.opts, self.cap = opts, captioner
-        self.digest = options_digest(opts, self.alt_text_max)
+        self.cap = captioner
+        self.opts, self.digest = resolve_options(captioner, self.options, self.overrides, self.alt_text_max)
         self.active = [s for s in self.sinks if not s.passive]
         self.cache: dict[str, tuple[str, float | None]] = {}  # sha256 -> caption, score
         if all(s.existing == "skip" for s in self.active):  # overwrite/append ask for fresh captions
@@ -318,8 +335,7 @@ class BulkJob:
         decode = _decoder(pre.size, pre.resample, pre.do_resize, captioner.max_pixels, captioner.allow_urls)
         depth = max(2 * self.batch_size, 2 * self.workers)
         start = time.monotonic()
-        stopped = (lambda: self.stop.signum is not None) if self.stop else (lambda: False)
-        decoded = decode_ahead(self._plan(), decode, self.workers, depth, stopped)
+        decoded = decode_ahead(self._plan(), decode, self.workers, depth, self._stopping)
         try:
             self._loop(decoded)
         except KeyboardInterrupt:
@@ -360,7 +376,7 @@ class BulkJob:
 
     def _plan(self) -> Iterator[_Item]:
         for seq, path in enumerate(self.paths):
-            if self.stop is not None and self.stop.signum:
+            if self._stopping():
                 return  # a long run of skipped files must not outlast a stop request
             item = _Item(path, [], seq=seq)
             for sink in self.active:
@@ -382,7 +398,7 @@ class BulkJob:
         batch: list[_Item] = []
         waiting: dict[str, list[_Item]] = {}  # sha256 in the batch -> its duplicates
         for item in decoded:
-            if self.stop is not None and self.stop.signum:
+            if self._stopping():
                 return  # the batch not yet started is dropped; a re-run does it
             if item.error is not None:
                 self._emit(item, None, None, "failed")
@@ -398,8 +414,11 @@ class BulkJob:
                     batch, waiting = [], {}
             if len(self._ready) >= 4 * self.batch_size:
                 self._flush()
-        if batch and not (self.stop is not None and self.stop.signum):
+        if batch and not self._stopping():
             self._caption(batch, waiting)
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.signum is not None
 
     def _caption(self, batch: list[_Item], waiting: dict[str, list[_Item]]) -> None:
         images = [item.image for item in batch]
@@ -408,19 +427,16 @@ class BulkJob:
         for item, result in zip(batch, results):
             item.image = None
             if not result.ok:  # cannot happen for decoded images; reported if it ever does
-                item.error = f"{type(result.error).__name__}: {result.error}"
+                item.error = result_error(result)
                 self._emit(item, None, None, "failed")
                 continue
-            text = self._final(result.text)
+            text = final_text(result.text, self.alt_text_max)
             self.cache[item.sha256] = (text, result.score)
-            alternatives = [(self._final(a.text), a.score) for a in result.alternatives]
+            alternatives = [(final_text(a.text, self.alt_text_max), a.score) for a in result.alternatives]
             self._emit(item, text, result.score, "captioned", alternatives)
             for twin in waiting.get(item.sha256, ()):
                 self._emit(twin, text, result.score, "reused")
         self._flush()
-
-    def _final(self, text: str) -> str:
-        return alt_text(text, self.alt_text_max) if self.alt_text_max else text
 
     def _emit(self, item: _Item, caption: str | None, score: float | None, outcome: str,
               alternatives: list | None = None) -> None:

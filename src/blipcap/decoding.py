@@ -271,7 +271,7 @@ def _greedy_or_sample(session, logits, prompts, prompt_valid, group, max_new, op
             break
         logits = session.step(token)
     gen = ops.to_numpy(hist[:, p : p + steps])
-    scores_np, done = ops.to_numpy(total), ops.to_numpy(finished)
+    scores_np = ops.to_numpy(total)
     out = []
     for image in range(rows // group):
         found = [_result(gen[r], float(scores_np[r]), rules.eos_id) for r in range(image * group, (image + 1) * group)]

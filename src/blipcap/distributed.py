@@ -35,8 +35,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .alttext import alt_text
-from .bulk import Reporter, decode_bytes, failure_text, options_digest
+from .bulk import Reporter, decode_bytes, failure_text, final_text, resolve_options, result_error
 from .decoding import CaptionOptions
 from .discover import IMAGE_SUFFIXES, find_images, read_path_list
 from .hub import MODELS
@@ -370,8 +369,7 @@ class CaptionWorker:
         threads = m.threads or spec.decode_threads
         self.cap = Captioner.load(m.model, revision=m.revision, backend=m.backend, device=m.device, dtype=m.dtype,
                                   threads=threads)
-        self.options = self.cap._options(m.options, dict(m.overrides), 0)[1]  # exactly what caption() uses
-        self.digest = options_digest(self.options, m.alt_text_max)
+        self.options, self.digest = resolve_options(self.cap, m.options, m.overrides, m.alt_text_max)
         pre = self.cap.preprocessor
         self._decode_args = (pre.size, pre.resample, pre.do_resize, self.cap.max_pixels)
         self.pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="blipcap-decode")
@@ -380,7 +378,7 @@ class CaptionWorker:
         """A pyarrow batch of (bytes, path) -> a table of Records for the files not done yet."""
         paths = [self.spec.prefix + p for p in batch.column("path").to_pylist()]
         blobs = batch.column("bytes").to_pylist()
-        shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+        shas = list(self.pool.map(lambda b: hashlib.sha256(b).hexdigest(), blobs))  # hashlib frees the GIL
         todo = [i for i, hit in enumerate(self._done(paths, shas)) if not hit]
         decoded = dict(zip(todo, self.pool.map(self._decode, [blobs[i] for i in todo])))  # image, w, h | error
         ready = [i for i in todo if not isinstance(decoded[i], str)]
@@ -394,9 +392,9 @@ class CaptionWorker:
             if i in results:
                 _, width, height = decoded[i]
                 if results[i].ok:
-                    caption, score = self._final(results[i].text), results[i].score
+                    caption, score = final_text(results[i].text, self.spec.model.alt_text_max), results[i].score
                 else:  # cannot happen for decoded images; recorded if it ever does
-                    error = f"{type(results[i].error).__name__}: {results[i].error}"
+                    error = result_error(results[i])
             records.append(Record(paths[i], caption, score, shas[i], width, height, self.cap.model_id,
                                   self.cap.revision, self.digest, error))
         return _records_table(records)
@@ -414,9 +412,6 @@ class CaptionWorker:
         except Exception as e:  # one bad file never stops the job
             return failure_text(e)
 
-    def _final(self, text: str) -> str:
-        m = self.spec.model
-        return alt_text(text, m.alt_text_max) if m.alt_text_max else text
 
 
 # --- the job -----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ otherwise (logs, CI), nothing with --quiet; and the final summary line."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import time
@@ -38,6 +39,18 @@ class Summary:
         took = f"{self.seconds:.1f} s" if self.seconds >= 1 else f"{1000 * self.seconds:.0f} ms"
         return (f"{stopped} image(s) in {took}: {', '.join(parts)}; "
                 f"{self.rate:.1f} images/s")
+
+
+_LINE = re.compile(r"(\d+) image\(s\) in ([\d.]+) (m?s): (\d+) captioned")
+
+
+def parse_line(text: str) -> tuple[int, float, int]:
+    """(images, seconds, captioned) from the summary line `Summary.line` wrote somewhere in `text`
+    (a job's stderr); for scripts that time the CLI. ValueError when there is none."""
+    m = _LINE.search(text)
+    if m is None:
+        raise ValueError("no blipcap summary line in the text")
+    return int(m.group(1)), float(m.group(2)) / (1000 if m.group(3) == "ms" else 1), int(m.group(4))
 
 
 def _clock(seconds: float) -> str:

@@ -140,8 +140,7 @@ class Service:
             else:
                 self.metrics.images.inc(outcome="ok")
                 entries.append(_entry(next(captions)))
-        ok = any("error" not in e for e in entries)
-        return (200 if ok else 422), entries
+        return (200 if good else 422), entries
 
     async def _parse(self, request: Request) -> tuple[list[Upload], dict]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

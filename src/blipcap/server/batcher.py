@@ -131,7 +131,6 @@ class Batcher:
             self._queue.append(item)
             futures.append(item.future)
         reservation.n -= len(futures)  # those slots now belong to queued items
-        self.metrics.queue_depth.set(len(self._queue))
         self._wake.set()
         return futures
 
@@ -142,7 +141,6 @@ class Batcher:
         except ValueError:
             return  # already taken into a batch
         self._held -= 1
-        self.metrics.queue_depth.set(len(self._queue))
 
     # --- dispatch ------------------------------------------------------------------------------------
 
@@ -175,7 +173,6 @@ class Batcher:
             (batch if item.key == key and len(batch) < self.max_batch_size else rest).append(item)
         self._queue = rest
         self._held -= len(batch)
-        self.metrics.queue_depth.set(len(rest))
         return batch
 
     async def _execute(self, batch: list[_Item]) -> None:

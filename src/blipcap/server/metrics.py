@@ -54,9 +54,6 @@ class Counter(_Metric):
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(str(labels[n]) for n in self.label_names), 0.0)
-
     def render(self) -> list[str]:
         with self._lock:
             items = sorted(self._values.items())
@@ -74,9 +71,6 @@ class Gauge(_Metric):
 
     def set(self, value: float) -> None:
         self._value = float(value)
-
-    def value(self) -> float:
-        return self._value
 
     def render(self) -> list[str]:
         return self.header() + [f"{self.name} {_num(self._value)}"]
@@ -100,10 +94,6 @@ class Histogram(_Metric):
                     break
             series[1] += value
             series[2] += 1
-
-    def count(self, **labels: str) -> int:
-        series = self._series.get(tuple(str(labels[n]) for n in self.label_names))
-        return series[2] if series else 0
 
     def render(self) -> list[str]:
         with self._lock:
