@@ -142,7 +142,7 @@ class _Table(Sink):
         sig = self._signature()
         with open(self.path, "rb") as f:
             head = f.read(len(sig))
-        if not (head.startswith(sig) or sig.startswith(head)):
+        if not sig.startswith(head):  # head is at most len(sig) bytes: a prefix of it, or all of it
             raise self._bad("", f"starts with {head[:40]!r}")
 
     def _bad(self, where: str, why: str) -> SinkError:

@@ -19,7 +19,7 @@ class CaptionEntry(BaseModel):
 class ImageErrorEntry(BaseModel):
     error: str = Field(description='"<input>: <reason>"')
     error_type: str = Field(description="UnreadableImageError, EmptyImageError, NotAnImageError, "
-                                        "TruncatedImageError or ImageTooLargeError")
+                                        "TruncatedImageError, ImageTooLargeError or UrlRefused")
 
 
 class ErrorBody(BaseModel):
@@ -49,6 +49,8 @@ _OPTIONS = {
         "repetition_penalty": {"type": "number"}, "no_repeat_ngram_size": {"type": "integer"},
         "length_penalty": {"type": "number"}, "suppress_artefacts": {"type": "boolean"},
         "bad_words": {"type": "array", "items": {"type": "string"}},
+        "suppress_tokens": {"type": "array", "items": {"type": "integer"}},
+        "early_stopping": {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["never"]}]},
     },
     "example": {"num_beams": 3},
 }
