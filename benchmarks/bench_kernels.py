@@ -8,7 +8,12 @@
 - packing BLIP-large-sized weights on one thread vs on torch's thread count (pack_linears);
 - the beam reorder of a 3-beam, 8-image self-attention cache: strided in place vs whole rows into
   a second buffer (TorchSession.reorder);
-- beam search's top-k over 8 rows of 3 x 30,524 scores: a full stable sort vs NumpyOps.topk.
+- beam search's top-k over 8 rows of 3 x 30,524 scores: a full stable sort vs NumpyOps.topk;
+- one decoding step's cross-attention (8 images x 3 beams, 12 layers of 577 image keys/values):
+  PyTorch's scaled_dot_product_attention vs two batched products (TextBlock._rest on the CPU), and
+  in ONNX Runtime MatMuls on transposed keys (graphs before) vs com.microsoft.MultiHeadAttention on
+  (images, heads, 577, 64) keys/values (the export now);
+- ONNX Runtime's LM head at the decoder's 24 rows: fp32 vs dynamic int8 (not used: see BENCHMARKS.md).
 Each figure is the best of several runs after a warm-up.
 """
 
@@ -131,6 +136,84 @@ def topk() -> None:
     print(f"beam top-6 of 8 x {scores.shape[1]} scores: full stable sort {a:.1f} ms, NumpyOps.topk {b:.1f} ms")
 
 
+def _ort_session(nodes, inputs: list[str], outputs: list[str], initializers=(), quantize: bool = False):
+    """An ONNX Runtime CPU session of a one-off graph (float inputs/outputs, dynamic shapes)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in inputs],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "g.onnx"
+        onnx.save(model, str(path))
+        if quantize:
+            quantize_dynamic(str(path), str(path), weight_type=QuantType.QInt8, per_channel=True)
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def cross_attention() -> None:
+    images, beams, heads, n, hd, layers = 8, 3, 12, 577, 64, 12
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(images, heads, beams, hd, generator=g)
+    keys = [torch.randn(images, heads, n, hd, generator=g) for _ in range(layers)]
+    values = [torch.randn(images, heads, n, hd, generator=g) for _ in range(layers)]
+    mb = 2 * layers * keys[0].numel() * 4 / 1e6
+    print(f"\n| one decoding step's cross-attention, {images} images x {beams} beams, {layers} layers "
+          f"({mb:.0f} MB of fp32 image keys/values) | ms |")
+    print("| --- | --- |")
+    for dtype in (torch.float32, torch.bfloat16):
+        qd, kd, vd = q.to(dtype), [k.to(dtype) for k in keys], [v.to(dtype) for v in values]
+        name = str(dtype).replace("torch.", "")
+        with torch.inference_mode():
+            a = best_ms(lambda: [F.scaled_dot_product_attention(qd, k, v) for k, v in zip(kd, vd)])
+            b = best_ms(lambda: [torch.matmul(torch.matmul(qd * hd**-0.5, k.transpose(-1, -2)).softmax(-1), v)
+                                 for k, v in zip(kd, vd)])
+        print(f"| PyTorch {name}: scaled_dot_product_attention | {a:.1f} |")
+        print(f"| PyTorch {name}: two batched products (TextBlock._rest) | {b:.1f} |")
+    try:
+        from onnx import helper
+    except ImportError:
+        return
+    names = [f"{kind}{i}" for i in range(layers) for kind in ("k", "v")]
+    matmuls = [node for i in range(layers) for node in (
+        helper.make_node("MatMul", ["q", f"k{i}"], [f"s{i}"]), helper.make_node("Softmax", [f"s{i}"], [f"p{i}"]),
+        helper.make_node("MatMul", [f"p{i}", f"v{i}"], [f"y{i}"]))]
+    mha = [helper.make_node("MultiHeadAttention", ["q", f"k{i}", f"v{i}"], [f"y{i}"], domain="com.microsoft",
+                            num_heads=heads) for i in range(layers)]
+    outs = [f"y{i}" for i in range(layers)]
+    kt_feed = {"q": q.numpy() * hd**-0.5}
+    mha_feed = {"q": q.transpose(1, 2).reshape(images, beams, heads * hd).numpy()}
+    for i in range(layers):
+        kt_feed[f"k{i}"] = keys[i].transpose(-1, -2).contiguous().numpy()
+        kt_feed[f"v{i}"] = mha_feed[f"v{i}"] = values[i].numpy()
+        mha_feed[f"k{i}"] = keys[i].numpy()
+    for label, nodes, feed in (("MatMul on transposed keys (graphs before)", matmuls, kt_feed),
+                               ("MultiHeadAttention (the export now)", mha, mha_feed)):
+        sess = _ort_session(nodes, ["q", *names], outs)
+        print(f"| ONNX Runtime fp32: {label} | {best_ms(lambda: sess.run(None, feed)):.1f} |")
+
+
+def lm_head() -> None:
+    try:
+        from onnx import helper, numpy_helper
+    except ImportError:
+        return
+    rows, hidden, vocab = 24, 768, 30524
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((hidden, vocab)) * 0.02).astype(np.float32), "w")
+    x = rng.standard_normal((rows, hidden)).astype(np.float32)
+    node = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    fp32, int8 = (_ort_session(node, ["x"], ["y"], [w], quantize=q) for q in (False, True))
+    print(f"\nONNX Runtime LM head ({rows} rows x {hidden} -> {vocab}): fp32 "
+          f"{best_ms(lambda: fp32.run(None, {'x': x})):.2f} ms, dynamic int8 {best_ms(lambda: int8.run(None, {'x': x})):.2f} ms")
+
+
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     linears()
@@ -138,6 +221,8 @@ def main() -> None:
     packing()
     reorder()
     topk()
+    cross_attention()
+    lm_head()
 
 
 if __name__ == "__main__":

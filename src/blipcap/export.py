@@ -48,7 +48,7 @@ def _example_inputs(dims, rows: int = 2, images: int = 1, t: int = 3, past: int 
     per_layer = [
         torch.zeros(rows, text.heads, hd, past),  # past_kt
         torch.zeros(rows, text.heads, past, hd),  # past_v
-        torch.zeros(images, text.heads, hd, n),  # cross_kt
+        torch.zeros(images, text.heads, n, hd),  # cross_k
         torch.zeros(images, text.heads, n, hd),  # cross_v
     ] * text.layers
     return dict(zip(ExplicitStep.input_names(text.layers), fixed + per_layer))
@@ -63,7 +63,7 @@ def _decoder_axes(names: list[str]) -> dict:
             axes[name] = {0: "rows", 3: "past"}
         elif name.startswith("past_v."):
             axes[name] = {0: "rows", 2: "past"}
-        elif name.startswith(("cross_kt.", "cross_v.")):
+        elif name.startswith(("cross_k.", "cross_v.")):
             axes[name] = {0: "images"}
     return axes
 

@@ -42,6 +42,22 @@ class _ExportedAttention(torch.autograd.Function):
         return out
 
 
+class _ExportedCrossAttention(torch.autograd.Function):
+    """Cross-attention of (B_img, G, hidden) queries over per-head keys/values (B_img, heads, N, hd);
+    exports as ONNX Runtime's com.microsoft.MultiHeadAttention, which reads keys/values given in
+    that layout in place (no transpose of the queries or the output either)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads: int):
+        return _merge(F.scaled_dot_product_attention(_heads(q, heads), k, v))
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out.setType(q.type())
+        return out
+
+
 class VisionBlock(nn.Module):
     def __init__(self, d: VisionDims):
         super().__init__()
@@ -126,12 +142,13 @@ class TextBlock(nn.Module):
         return self._rest(x, a, cross)
 
     def forward_explicit(self, x: torch.Tensor, past_kt: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor,
-                         cross_kt: torch.Tensor, cross_v: torch.Tensor):
+                         cross_k: torch.Tensor, cross_v: torch.Tensor):
         """The same block with the past as inputs and the new keys/values as outputs (ONNX export).
 
-        Keys are held transposed, past_kt (rows, heads, hd, L) and cross_kt (B_img, heads, hd, N),
-        values as past_v (rows, heads, L, hd) and cross_v (B_img, heads, N, hd), so the graph multiplies
-        them as given every step: no per-step transpose or split of the largest tensors it reads.
+        The past keys are held transposed, past_kt (rows, heads, hd, L), the values as past_v
+        (rows, heads, L, hd), so the graph multiplies them as given every step; the image keys and
+        values, cross_k and cross_v (B_img, heads, N, hd), go to ONNX Runtime's MultiHeadAttention,
+        which reads that layout in place. No per-step transpose or split of the largest tensors.
         mask (rows, 1, T, L + T) -> x, new keys (rows, heads, hd, T), new values (rows, heads, T, hd).
         """
         q, k, v = self._qkv(x)
@@ -139,7 +156,7 @@ class TextBlock(nn.Module):
         keys_t, values = torch.cat([past_kt, kt], dim=-1), torch.cat([past_v, v], dim=2)
         scores = torch.matmul(q * q.shape[-1] ** -0.5, keys_t).masked_fill(~mask, float("-inf"))
         a = torch.matmul(scores.softmax(dim=-1), values)
-        return self._rest(x, a, (cross_kt, cross_v)), kt, v
+        return self._rest(x, a, (cross_k, cross_v)), kt, v
 
     def _qkv(self, x: torch.Tensor):
         rows, t, d = x.shape
@@ -154,14 +171,21 @@ class TextBlock(nn.Module):
         # per row (no mask: every image token is visible).
         images = cross[0].shape[0] if isinstance(cross, tuple) else cross.shape[1]
         group = rows // images
+        if isinstance(cross, tuple):  # the export: keys and values (B_img, heads, N, hd) each
+            q = self.cross_q(x).reshape(images, group * t, -1)  # image-major rows: a reshape, no copy
+            a = _ExportedCrossAttention.apply(q, cross[0], cross[1], self.heads).reshape(rows, t, -1)
+            x = self.ln_cross(x + self.cross_out(a))
+            return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
         q = _heads(self.cross_q(x), self.heads)  # (rows, heads, T, hd)
         hd = q.shape[-1]
         q = q.reshape(images, group, self.heads, t, hd).transpose(1, 2).reshape(images, self.heads, group * t, hd)
-        if isinstance(cross, tuple):  # the export's layout: (keys transposed, values)
-            kt, v = cross
-            a = torch.matmul(torch.matmul(q * hd**-0.5, kt).softmax(dim=-1), v)
-        else:
+        if q.is_cuda:
             a = F.scaled_dot_product_attention(q, cross[0], cross[1])  # (B_img, heads, group*T, hd)
+        else:
+            # on the CPU, SDPA's kernel for these few query rows over 577 keys is slower than two
+            # batched products that read the keys/values once (decoding 7% faster fp32, 23% bf16;
+            # benchmarks/bench_kernels.py)
+            a = torch.matmul(torch.matmul(q * hd**-0.5, cross[0].transpose(-1, -2)).softmax(dim=-1), cross[1])
         a = a.reshape(images, self.heads, group, t, hd).transpose(1, 2).reshape(rows, self.heads, t, hd)
         x = self.ln_cross(x + self.cross_out(_merge(a)))
         return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
@@ -224,7 +248,7 @@ class ExplicitStep(nn.Module):
 
     @staticmethod
     def input_names(layers: int) -> list[str]:
-        per_layer = [f"{kind}.{i}" for i in range(layers) for kind in ("past_kt", "past_v", "cross_kt", "cross_v")]
+        per_layer = [f"{kind}.{i}" for i in range(layers) for kind in ("past_kt", "past_v", "cross_k", "cross_v")]
         return ["tokens", "positions", "new_valid", "past_valid", *per_layer]
 
     def forward(
@@ -244,8 +268,8 @@ class ExplicitStep(nn.Module):
         x = self.text.ln_embed(self.text.tok_embed(tokens) + self.text.pos_embed(positions))
         keys, values = [], []
         for i, block in enumerate(self.text.blocks):
-            past_kt, past_v, cross_kt, cross_v = per_layer[4 * i : 4 * i + 4]
-            x, kt, v = block.forward_explicit(x, past_kt, past_v, mask, cross_kt, cross_v)
+            past_kt, past_v, cross_k, cross_v = per_layer[4 * i : 4 * i + 4]
+            x, kt, v = block.forward_explicit(x, past_kt, past_v, mask, cross_k, cross_v)
             keys.append(kt)
             values.append(v)
         # (rows, V), new keys (layers, rows, heads, hd, T), new values (layers, rows, heads, T, hd)
@@ -277,7 +301,7 @@ class EncoderGraph(nn.Module):
     """pixels -> image memory, as a module of its own (what the ONNX encoder graph computes).
 
     The memory comes out as one tensor per decoder layer and kind, in the layout the decoder graph
-    reads without copying (`output_names`): keys transposed (B, heads, hd, N), values (B, heads, N, hd).
+    reads without copying (`output_names`): keys and values (B, heads, N, hd) each.
     """
 
     def __init__(self, model: BlipCaptioner):
@@ -286,7 +310,7 @@ class EncoderGraph(nn.Module):
 
     @staticmethod
     def output_names(layers: int) -> list[str]:
-        return [f"{kind}.{i}" for i in range(layers) for kind in ("cross_kt", "cross_v")]
+        return [f"{kind}.{i}" for i in range(layers) for kind in ("cross_k", "cross_v")]
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         memory = self.model.vision(pixels)
@@ -296,5 +320,5 @@ class EncoderGraph(nn.Module):
             k, v = block.cross_kv(memory).chunk(2, dim=-1)  # each (B, N, hidden)
             h = block.heads
             k, v = k.reshape(b, n, h, -1), v.reshape(b, n, h, -1)
-            out += [k.permute(0, 2, 3, 1), v.transpose(1, 2)]
+            out += [k.transpose(1, 2), v.transpose(1, 2)]
         return tuple(out)

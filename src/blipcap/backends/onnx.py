@@ -5,7 +5,7 @@ told otherwise, all graph optimisations, providers from the caller) and `OnnxSes
 decoding state: a preallocated self-attention cache passed whole to the decoder graph every step
 with a validity mask, and written with the new keys/values the graph returns. Each layer's cache
 keys, cache values, image keys and image values go in as inputs of their own (contiguous numpy
-arrays ONNX Runtime reads in place), keys transposed as the graph multiplies them. No torch import.
+arrays ONNX Runtime reads in place), cache keys transposed as the graph multiplies them. No torch import.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from ..arrays import NumpyOps
 from ..checkpoint import CheckpointError, ModelDims
 
 MANIFEST = "manifest.json"
-# The graphs' interface: 2 = per-layer past and image inputs, keys held transposed.
+# The graphs' interface: 2 = per-layer past and image inputs, cache keys held transposed. The image
+# inputs are the encoder graph's outputs by name, in whatever layout the export chose (v2 exports
+# from before the decoder's fused cross-attention feed transposed image keys and still run).
 # Exports of another version are refused with a message to re-export.
 GRAPH_VERSION = 2
 
@@ -155,7 +157,7 @@ class OnnxBackend:
     cpu_encode_chunk = 2
 
     def encode(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, 3, H, W) pixels -> image memory: each decoder layer's keys (transposed) and values,
+        """(B, 3, H, W) pixels -> image memory: each decoder layer's image keys and values,
         by the decoder graph's input names."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         chunk = self.cpu_encode_chunk if self.on_cpu else len(pixels)
