@@ -99,6 +99,10 @@ def _time_blipcap(cap, images, opts, batch_size: int) -> tuple[float, float, lis
     def timed_encode(pixels):
         t0 = time.perf_counter()
         out = encode(pixels)
+        if getattr(out, "is_cuda", False):  # CUDA runs asynchronously: time the work, not its launch
+            import torch
+
+            torch.cuda.synchronize()
         spent[0] += time.perf_counter() - t0
         return out
 
