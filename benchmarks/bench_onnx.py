@@ -5,8 +5,10 @@
 
 A random-initialised checkpoint (the test suite's peaked weights) is built with transformers in a
 temp dir and exported with `blipcap.export.export_onnx` (fp32; int8 with per-tensor and with
-per-channel weight scales). All engines caption the same images with the same options. Reported:
-seconds per image (and the encoder's share for the ONNX graphs), the ratio to transformers, and the
+per-channel weight scales). All engines caption the same images with the same options; each is
+warmed up by one untimed pass, then timed `--repeats` times in a row (transformers first, in the
+fresh process, where it runs fastest). Reported: the median seconds per image (and the encoder's
+share), the ratio of medians to transformers, and the
 int8 graphs' top-1 agreement with fp32 per decoding step under teacher forcing (both decoders are
 fed the fp32 graphs' own tokens, so one early disagreement does not cascade).
 """
@@ -31,6 +33,12 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def timed_median(fn, repeats: int):
+    """The last output and the median of `repeats` timed calls, made one after another."""
+    runs = [timed(fn) for _ in range(repeats)]
+    return runs[-1][0], float(np.median([secs for _, secs in runs]))
 
 
 def teacher_forced_agreement(fp32, int8, pixels: np.ndarray, tokens: list[list[int]], bos: int) -> float:
@@ -62,6 +70,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--beams", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed passes per engine after its warm-up, one after another; the median is reported")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -94,7 +104,7 @@ def main() -> None:
                     return ref.generate(pixel_values=proc(batch, return_tensors="pt").pixel_values, **hf)
 
             run_ref(imgs)  # warm-up: one untimed pass over the same batch, as for every engine
-            _, secs = timed(lambda: run_ref(imgs))
+            _, secs = timed_median(lambda: run_ref(imgs), args.repeats)
             rows["transformers fp32"] = secs
             del ref
 
@@ -104,11 +114,11 @@ def main() -> None:
         encode_s = {}
         for name, cap in engines.items():
             cap.caption(imgs, batch_size=args.images, **gen)  # warm-up pass, untimed
-            caps, secs = timed(lambda: cap.caption(imgs, batch_size=args.images, **gen))
+            caps, secs = timed_median(lambda: cap.caption(imgs, batch_size=args.images, **gen), args.repeats)
             rows[name] = secs
             tokens[name] = [c.token_ids for c in caps]
             pixels = cap.preprocessor.batch(imgs)
-            _, encode_s[name] = timed(lambda: cap.backend.encode(pixels))
+            _, encode_s[name] = timed_median(lambda: cap.backend.encode(pixels), args.repeats)
         pixels = engines["onnx fp32"].preprocessor.batch(imgs)
         agreement = {
             name: teacher_forced_agreement(engines["onnx fp32"].backend, engines[name].backend, pixels,
@@ -120,6 +130,7 @@ def main() -> None:
     base = rows.get("transformers fp32")
     result = {
         "shape": args.shape, "images": args.images, "beams": args.beams, "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
         "cpu": cpu_model(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
         "s_per_image": {k: v / args.images for k, v in rows.items()},
         "encoder_s_per_image": {k: v / args.images for k, v in encode_s.items()},
@@ -132,7 +143,7 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"{args.shape}-shaped random BLIP, {args.images} images, {args.beams} beams, {args.new_tokens} new tokens, "
-          f"{result['cpu']}, {result['threads']} threads, {result['date']}")
+          f"median of {args.repeats} timed passes each, {result['cpu']}, {result['threads']} threads, {result['date']}")
     print("| engine | s / image | of which image encoder | vs transformers fp32 |")
     print("| --- | --- | --- | --- |")
     for name, secs in rows.items():
