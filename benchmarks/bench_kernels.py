@@ -4,7 +4,8 @@
 
 - linear layers: PyTorch's F.linear vs oneDNN on a pre-packed weight (backends/cpu_pack.py), fp32
   and bf16, at the decoder's 24 rows, one 577-token image and four images;
-- ONNX Runtime MatMul fp32 vs dynamic int8 with per-channel weight scales (`export-onnx --int8`);
+- ONNX Runtime MatMul fp32 vs dynamic int8 with per-channel weight scales (`export-onnx --int8`)
+  vs 8-bit MatMulNBits (block-wise weight scales, int8 compute: accuracy_level 4; not used);
 - packing BLIP-large-sized weights on one thread vs on torch's thread count (pack_linears);
 - the beam reorder of a 3-beam, 8-image self-attention cache: strided in place vs whole rows into
   a second buffer (TorchSession.reorder);
@@ -87,7 +88,19 @@ def onnx_int8() -> None:
         flop = 2 * rows * k * n
         print(f"\n| ONNX Runtime MatMul {k} -> {n}, {rows} rows | GFLOP/s (GOP/s for int8) |")
         print("| --- | --- |")
-        for name, path in (("fp32", fp32), ("dynamic int8, per-channel", int8)):
+        variants = [("fp32", fp32), ("dynamic int8, per-channel", int8)]
+        try:
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+            nbits = Path(tmp) / "mm8nbits.onnx"
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=128, is_symmetric=True,
+                                             accuracy_level=4)
+            quantizer.process()
+            onnx.save(quantizer.model.model, str(nbits))
+            variants.append(("MatMulNBits 8-bit, blocks of 128, int8 compute", nbits))
+        except (ImportError, TypeError) as e:  # older onnxruntime: no 8-bit MatMulNBits
+            print(f"(MatMulNBits 8-bit unavailable: {e})")
+        for name, path in variants:
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             print(f"| {name} | {flop / best_ms(lambda: sess.run(None, {'x': x})) / 1e6:.0f} |")
 
