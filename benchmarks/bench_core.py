@@ -42,6 +42,17 @@ def cpu_model() -> str:
     return machine()["cpu"]
 
 
+def best_of(fn, repeat: int = 3) -> float:
+    """Seconds of the fastest of `repeat` calls of fn, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=SHAPES, default="large")

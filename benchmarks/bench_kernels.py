@@ -20,8 +20,8 @@ Each figure is the best of several runs after a warm-up.
 
 from __future__ import annotations
 
+import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,15 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import best_of  # noqa: E402
+
 
 def best_ms(fn, repeat: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)
+    return 1e3 * best_of(fn, repeat)
 
 
 def linears() -> None:

@@ -7,9 +7,9 @@ A random-initialised checkpoint (the test suite's peaked weights) is built with 
 temp dir and exported with `blipcap.export.export_onnx` (fp32; int8 with per-tensor and with
 per-channel weight scales). All engines caption the same images with the same options; each is
 warmed up by one untimed pass, then timed `--repeats` times in a row (transformers first, in the
-fresh process, where it runs fastest). Reported: the median seconds per image (and the encoder's
-share), the ratio of medians to transformers, and the
-int8 graphs' top-1 agreement with fp32 per decoding step under teacher forcing (both decoders are
+fresh process, where it runs fastest). Reported: the median seconds per image (and the image
+encoder's share, timed inside those passes), the ratio of medians to transformers, and the int8
+graphs' top-1 agreement with fp32 per decoding step under teacher forcing (both decoders are
 fed the fp32 graphs' own tokens, so one early disagreement does not cascade).
 """
 
@@ -33,12 +33,6 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
-
-
-def timed_median(fn, repeats: int):
-    """The last output and the median of `repeats` timed calls, made one after another."""
-    runs = [timed(fn) for _ in range(repeats)]
-    return runs[-1][0], float(np.median([secs for _, secs in runs]))
 
 
 def teacher_forced_agreement(fp32, int8, pixels: np.ndarray, tokens: list[list[int]], bos: int) -> float:
@@ -79,6 +73,8 @@ def main() -> None:
     import transformers
 
     from blipcap import Captioner
+    from blipcap.bench import time_caption
+    from blipcap.decoding import CaptionOptions
     from blipcap.export import export_onnx
 
     imgs = images(args.images)
@@ -104,21 +100,20 @@ def main() -> None:
                     return ref.generate(pixel_values=proc(batch, return_tensors="pt").pixel_values, **hf)
 
             run_ref(imgs)  # warm-up: one untimed pass over the same batch, as for every engine
-            _, secs = timed_median(lambda: run_ref(imgs), args.repeats)
-            rows["transformers fp32"] = secs
+            rows["transformers fp32"] = float(np.median([timed(lambda: run_ref(imgs))[1] for _ in range(args.repeats)]))
             del ref
 
         engines = {"blipcap torch fp32": Captioner.load(ckpt, backend="torch", device="cpu", dtype="float32")}
         engines.update({name: Captioner.load(path, backend="onnx") for name, (path, _) in exports.items()})
         tokens = {}
         encode_s = {}
+        opts = CaptionOptions(**gen)
         for name, cap in engines.items():
-            cap.caption(imgs, batch_size=args.images, **gen)  # warm-up pass, untimed
-            caps, secs = timed_median(lambda: cap.caption(imgs, batch_size=args.images, **gen), args.repeats)
-            rows[name] = secs
-            tokens[name] = [c.token_ids for c in caps]
-            pixels = cap.preprocessor.batch(imgs)
-            _, encode_s[name] = timed_median(lambda: cap.backend.encode(pixels), args.repeats)
+            cap.caption(imgs, opts, batch_size=args.images)  # warm-up pass, untimed
+            passes = [time_caption(cap, imgs, opts, args.images) for _ in range(args.repeats)]
+            rows[name] = float(np.median([total for total, _, _ in passes]))
+            encode_s[name] = float(np.median([enc for _, enc, _ in passes]))  # read inside the passes
+            tokens[name] = passes[-1][2]
         pixels = engines["onnx fp32"].preprocessor.batch(imgs)
         agreement = {
             name: teacher_forced_agreement(engines["onnx fp32"].backend, engines[name].backend, pixels,

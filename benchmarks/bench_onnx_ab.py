@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,33 +33,21 @@ def main() -> None:
     args = ap.parse_args()
 
     from blipcap import Captioner
-    from blipcap.bench import synthetic_images
+    from blipcap.bench import synthetic_images, time_caption
+    from blipcap.decoding import CaptionOptions
 
-    opts = dict(num_beams=3, max_new_tokens=20, min_new_tokens=20, suppress_artefacts=False)
+    opts = CaptionOptions(num_beams=3, max_new_tokens=20, min_new_tokens=20, suppress_artefacts=False)
     imgs = synthetic_images(args.images)
     caps = {d: Captioner.load(d, backend="onnx") for d in args.exports}
     times: dict[str, list[tuple[float, float]]] = {d: [] for d in caps}
     for cap in caps.values():
-        cap.caption(imgs, batch_size=args.images, **opts)  # warm-up
+        cap.caption(imgs, opts, batch_size=args.images)  # warm-up
     for _ in range(args.repeats):
         for d, cap in caps.items():
-            backend, spent = cap.backend, [0.0]
-            encode = type(backend).encode
-
-            def timed_encode(pixels, backend=backend, encode=encode, spent=spent):
-                t0 = time.perf_counter()
-                out = encode(backend, pixels)
-                spent[0] += time.perf_counter() - t0
-                return out
-
-            backend.encode = timed_encode  # instance attribute: this round only
-            t0 = time.perf_counter()
-            cap.caption(imgs, batch_size=args.images, **opts)
-            total = time.perf_counter() - t0
-            del backend.encode
-            times[d].append((total / args.images, spent[0] / args.images))
+            total, encode, _ = time_caption(cap, imgs, opts, args.images)
+            times[d].append((total / args.images, encode / args.images))
     ref = Captioner.load(args.reference, backend="onnx")
-    tokens = [c.token_ids for c in ref.caption(imgs, batch_size=args.images, **opts)]
+    tokens = [c.token_ids for c in ref.caption(imgs, opts, batch_size=args.images)]
     pixels = ref.preprocessor.batch(imgs)
     print(f"{args.images} images, 3 beams, 20 new tokens, median of {args.repeats} rounds; agreement vs {args.reference}")
     print("| export | s / image | image encoder | the rest | top-1 agreement per step |")

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-
 from .checkpoint import CheckpointError, dims_from_config, read_config
 from .decoding import ARTEFACT_PIECES, CaptionOptions, LogitRules, resolve_prompt_rows, search
 from .hub import DEFAULT_MODEL, resolve

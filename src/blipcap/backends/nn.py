@@ -28,27 +28,14 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 
 class _ExportedAttention(torch.autograd.Function):
-    """Unmasked multi-head attention on (B, T, hidden) tensors; exports as ONNX Runtime's fused
-    com.microsoft.MultiHeadAttention (runs as scaled_dot_product_attention in PyTorch)."""
+    """Unmasked multi-head attention of (B, T, hidden) queries over keys/values given either as
+    (B, N, hidden) or already split into heads, (B, heads, N, hd); returns (B, T, hidden). Exports as
+    ONNX Runtime's fused com.microsoft.MultiHeadAttention, which takes both layouts as they are (no
+    transposes to or from heads); runs as scaled_dot_product_attention in PyTorch."""
 
     @staticmethod
     def forward(ctx, q, k, v, heads: int):
-        return _merge(F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads)))
-
-    @staticmethod
-    def symbolic(g, q, k, v, heads: int):
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
-        out.setType(q.type())
-        return out
-
-
-class _ExportedCrossAttention(torch.autograd.Function):
-    """Cross-attention of (B_img, G, hidden) queries over per-head keys/values (B_img, heads, N, hd);
-    exports as ONNX Runtime's com.microsoft.MultiHeadAttention, which reads keys/values given in
-    that layout in place (no transpose of the queries or the output either)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, heads: int):
+        k, v = (x if x.dim() == 4 else _heads(x, heads) for x in (k, v))
         return _merge(F.scaled_dot_product_attention(_heads(q, heads), k, v))
 
     @staticmethod
@@ -169,25 +156,20 @@ class TextBlock(nn.Module):
         # Cross-attention: rows are image-major, `group` per image (beams or samples), so a group's
         # queries become one longer sequence over that image's keys/values, which are never copied
         # per row (no mask: every image token is visible).
-        images = cross[0].shape[0] if isinstance(cross, tuple) else cross.shape[1]
-        group = rows // images
-        if isinstance(cross, tuple):  # the export: keys and values (B_img, heads, N, hd) each
-            q = self.cross_q(x).reshape(images, group * t, -1)  # image-major rows: a reshape, no copy
-            a = _ExportedCrossAttention.apply(q, cross[0], cross[1], self.heads).reshape(rows, t, -1)
-            x = self.ln_cross(x + self.cross_out(a))
-            return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
-        q = _heads(self.cross_q(x), self.heads)  # (rows, heads, T, hd)
-        hd = q.shape[-1]
-        q = q.reshape(images, group, self.heads, t, hd).transpose(1, 2).reshape(images, self.heads, group * t, hd)
-        if q.is_cuda:
-            a = F.scaled_dot_product_attention(q, cross[0], cross[1])  # (B_img, heads, group*T, hd)
+        images = cross[0].shape[0]
+        q = self.cross_q(x).reshape(images, rows // images * t, -1)  # image-major rows: no copy
+        k, v = cross[0], cross[1]  # (B_img, heads, N, hd) each
+        if torch.onnx.is_in_onnx_export():
+            a = _ExportedAttention.apply(q, k, v, self.heads)
+        elif q.is_cuda:
+            a = _merge(F.scaled_dot_product_attention(_heads(q, self.heads), k, v))
         else:
             # on the CPU, SDPA's kernel for these few query rows over 577 keys is slower than two
-            # batched products that read the keys/values once (decoding 7% faster fp32, 23% bf16;
-            # benchmarks/bench_kernels.py)
-            a = torch.matmul(torch.matmul(q * hd**-0.5, cross[0].transpose(-1, -2)).softmax(dim=-1), cross[1])
-        a = a.reshape(images, self.heads, group, t, hd).transpose(1, 2).reshape(rows, self.heads, t, hd)
-        x = self.ln_cross(x + self.cross_out(_merge(a)))
+            # batched products that read the keys/values once (one step's cross-attention for 8
+            # images x 3 beams: 16.9 -> 14.4 ms fp32, 17.5 -> 8.6 ms bf16; benchmarks/bench_kernels.py)
+            qh = _heads(q, self.heads)
+            a = _merge(torch.matmul(torch.matmul(qh * qh.shape[-1] ** -0.5, k.transpose(-1, -2)).softmax(dim=-1), v))
+        x = self.ln_cross(x + self.cross_out(a.reshape(rows, t, -1)))
         return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
 
 
