@@ -1,9 +1,9 @@
 """`blipcap caption DIR --output x.jsonl` against the model alone, on the same 12-megapixel JPEGs,
 in one run: does the folder job hide image decoding and writing behind the model?
 
-    python benchmarks/bench_bulk.py                        # 200 images, BLIP-large shape, CPU fp32, batch 8
-    python benchmarks/bench_bulk.py --images 48
-    python benchmarks/bench_bulk.py --device cuda --dtype float16 --batch-size 32
+    python -m benchmarks.bench_bulk                        # 200 images, BLIP-large shape, CPU fp32, batch 8
+    python -m benchmarks.bench_bulk --images 48
+    python -m benchmarks.bench_bulk --device cuda --dtype float16 --batch-size 32
 
 1. Builds a random-initialised checkpoint of the BLIP-large (or -base) shape in a temp dir
    (blipcap.random_checkpoint; nothing is downloaded). Random weights never emit [SEP], so every
@@ -37,9 +37,9 @@ from PIL import Image, ImageChops
 
 from blipcap import Captioner
 from blipcap.bench import machine
-from blipcap.bulk import _decoder, _Item
-from blipcap.discover import find_images
-from blipcap.progress import parse_line
+from blipcap.jobs.local import _decoder, _Item
+from blipcap.jobs.discover import find_images
+from blipcap.jobs.progress import parse_line
 from blipcap.random_checkpoint import build_random_checkpoint
 
 SIZE = (4000, 3000)  # 12 megapixels

@@ -1,7 +1,7 @@
 """blipcap vs transformers, side by side in one process, on a random-initialised BLIP checkpoint.
 
-    python benchmarks/bench_core.py                      # large shape, 8 images, 3 beams, 20 new tokens
-    python benchmarks/bench_core.py --shape base --images 4
+    python -m benchmarks.bench_core                      # large shape, 8 images, 3 beams, 20 new tokens
+    python -m benchmarks.bench_core --shape base --images 4
 
 Builds the checkpoint with transformers in a temp dir (nothing is downloaded or committed), captions
 the same images with both at fp32 and reports seconds per image, the speed ratio, and the share of
@@ -13,29 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from blipcap.bench import agreement, machine  # noqa: E402
-from blipcap.bench import synthetic_images as images  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import build_random_checkpoint  # noqa: E402
-
-SHAPES = {
-    "large": dict(text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                            max_position_embeddings=512),
-                  vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=384, patch_size=16)),
-    "base": dict(text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           max_position_embeddings=512),
-                 vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                             image_size=384, patch_size=16)),
-}
+from blipcap.bench import agreement, machine
+from blipcap.bench import synthetic_images as images
+from tests.helpers.checkpoints import build_random_checkpoint, shape_config
 
 
 def cpu_model() -> str:
@@ -55,7 +41,7 @@ def best_of(fn, repeat: int = 3) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=SHAPES, default="large")
+    ap.add_argument("--shape", choices=["large", "base"], default="large")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--beams", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=20)
@@ -70,7 +56,7 @@ def main() -> None:
     imgs = images(args.images)
     gen = dict(num_beams=args.beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_random_checkpoint(Path(tmp) / "ckpt", seed=0, **SHAPES[args.shape])
+        ckpt = build_random_checkpoint(Path(tmp) / "ckpt", seed=0, **shape_config(args.shape))
 
         t0 = time.perf_counter()
         cap = Captioner.load(ckpt, device="cpu", dtype="float32")

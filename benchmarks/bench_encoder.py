@@ -1,7 +1,7 @@
 """The image encoder against its own matrix multiplications, per dtype and engine, in one run.
 
-    python benchmarks/bench_encoder.py                   # ViT-L/16 at 384 (BLIP large), 4 images
-    python benchmarks/bench_encoder.py --shape base --images 2
+    python -m benchmarks.bench_encoder                   # ViT-L/16 at 384 (BLIP large), 4 images
+    python -m benchmarks.bench_encoder --shape base --images 2
 
 "matmuls alone" times exactly the matrix multiplications one encoder pass does (patch embedding,
 qkv, attention scores and values, projection, MLP, and the decoder's cross-attention K/V
@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import best_of  # noqa: E402
+from benchmarks.bench_core import best_of  # noqa: E402
 
 
 def linear_matmuls(dims, b: int, dtype: torch.dtype):

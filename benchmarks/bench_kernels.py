@@ -1,6 +1,6 @@
 """The kernel-level choices behind blipcap's CPU path, each against the alternative it replaced.
 
-    python benchmarks/bench_kernels.py
+    python -m benchmarks.bench_kernels
 
 - linear layers: PyTorch's F.linear vs oneDNN on a pre-packed weight (backends/cpu_pack.py), fp32
   and bf16, at the decoder's 24 rows, one 577-token image and four images;
@@ -20,7 +20,6 @@ Each figure is the best of several runs after a warm-up.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,8 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import best_of  # noqa: E402
+from benchmarks.bench_core import best_of  # noqa: E402
 
 
 def best_ms(fn, repeat: int = 7) -> float:

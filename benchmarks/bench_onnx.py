@@ -1,7 +1,7 @@
 """transformers fp32 vs blipcap torch fp32 vs blipcap ONNX fp32 / int8, in one run.
 
-    python benchmarks/bench_onnx.py                      # large shape, 8 images, 3 beams, 20 new tokens
-    python benchmarks/bench_onnx.py --shape base --images 2 --new-tokens 5   # a quick look
+    python -m benchmarks.bench_onnx                      # large shape, 8 images, 3 beams, 20 new tokens
+    python -m benchmarks.bench_onnx --shape base --images 2 --new-tokens 5   # a quick look
 
 A random-initialised checkpoint (the test suite's peaked weights) is built with transformers in a
 temp dir and exported with `blipcap.export.export_onnx` (fp32; int8 with per-tensor and with
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import SHAPES, build_random_checkpoint, cpu_model, images  # noqa: E402
+from benchmarks.bench_core import build_random_checkpoint, cpu_model, images, shape_config  # noqa: E402
 
 
 def timed(fn):
@@ -60,7 +58,7 @@ def teacher_forced_agreement(fp32, int8, pixels: np.ndarray, tokens: list[list[i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=SHAPES, default="large")
+    ap.add_argument("--shape", choices=["large", "base"], default="large")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--beams", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=20)
@@ -83,7 +81,7 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = build_random_checkpoint(tmp / "ckpt", seed=0, **SHAPES[args.shape])
+        ckpt = build_random_checkpoint(tmp / "ckpt", seed=0, **shape_config(args.shape))
         exports = {}
         for name, kw in (("onnx fp32", {}), ("onnx int8 (per-tensor)", dict(int8=True, per_channel=False)),
                          ("onnx int8 (per-channel)", dict(int8=True, per_channel=True))):

@@ -1,6 +1,6 @@
 """ONNX exports side by side: which of two (or more) graph variants captions faster, and how closely.
 
-    python benchmarks/bench_onnx_ab.py REF_EXPORT EXPORT [EXPORT ...] [--repeats 5]
+    python -m benchmarks.bench_onnx_ab REF_EXPORT EXPORT [EXPORT ...] [--repeats 5]
 
 Every export is loaded into one process and captions the same 8 synthetic images (3 beams, exactly
 20 new tokens) once untimed, then `--repeats` rounds in which each export captions them once, in
@@ -15,13 +15,10 @@ a `git worktree` of the earlier commit) and pass both directories.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_onnx import teacher_forced_agreement  # noqa: E402
+from benchmarks.bench_onnx import teacher_forced_agreement  # noqa: E402
 
 
 def main() -> None:

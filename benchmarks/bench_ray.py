@@ -1,7 +1,7 @@
 """The Ray engine on one machine: the same folder with 1 and 2 workers, beside the local engine.
 
-    python benchmarks/bench_ray.py                       # 32 images, BLIP-base shape, greedy, batch 4
-    python benchmarks/bench_ray.py --shape large --images 16 --json
+    python -m benchmarks.bench_ray                       # 32 images, BLIP-base shape, greedy, batch 4
+    python -m benchmarks.bench_ray --shape large --images 16 --json
 
 1. Builds a random-initialised checkpoint of the BLIP-base (or -large) shape in a temp dir
    (blipcap.random_checkpoint; nothing is downloaded). Random weights never emit [SEP], so every
@@ -34,8 +34,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 
 from blipcap.bench import machine, synthetic_images  # noqa: E402
-from blipcap.distributed import IO_CPUS, ModelSpec, PoolSpec, RayJob  # noqa: E402
-from blipcap.progress import parse_line  # noqa: E402
+from blipcap.jobs.ray_job import IO_CPUS, ModelSpec, PoolSpec, RayJob  # noqa: E402
+from blipcap.jobs.progress import parse_line  # noqa: E402
 from blipcap.random_checkpoint import build_random_checkpoint  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """`blipcap serve` under load: 32 concurrent clients versus sequential single-image requests.
 
-    python benchmarks/bench_serve.py                          # large shape, CPU fp32, greedy, 4 new tokens
-    python benchmarks/bench_serve.py --device cuda --dtype float16 --sequential 64 --requests 512
+    python -m benchmarks.bench_serve                          # large shape, CPU fp32, greedy, 4 new tokens
+    python -m benchmarks.bench_serve --device cuda --dtype float16 --sequential 64 --requests 512
 
 Builds a random-initialised checkpoint of the chosen shape in a temp dir (nothing is downloaded),
 starts `blipcap serve` on a free 127.0.0.1 port, and sends 640x480 JPEGs, one image per request,

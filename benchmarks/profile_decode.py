@@ -1,7 +1,7 @@
 """Where a captioning batch spends its time: the torch profiler over one batch, by operator.
 
-    python benchmarks/profile_decode.py                                   # CPU, random large, 8 images
-    python benchmarks/profile_decode.py --device cuda --dtype float16 --images 64
+    python -m benchmarks.profile_decode                                   # CPU, random large, 8 images
+    python -m benchmarks.profile_decode --device cuda --dtype float16 --images 64
 
 Prints encode vs decode wall time (synchronised) and the top operators by self CPU time (and by
 CUDA time on a GPU), so per-step Python and launch overhead shows up next to the real work.

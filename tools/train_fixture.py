@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Train the tiny BLIP captioning checkpoint used as a test fixture (tests/fixtures/tiny-blip).
 
-    .venv/bin/python tools/train_fixture.py [--out tests/fixtures/tiny-blip] [--steps N]
+    .venv/bin/python -m tools.train_fixture [--out tests/fixtures/tiny-blip] [--steps N]
 
 Trains a tiny ``transformers.BlipForConditionalGeneration`` from scratch, on CPU and
-deterministically, to caption the synthetic images of ``tests/shapes.py`` ("a red circle on the
+deterministically, to caption the synthetic images of ``tests/helpers/shapes.py`` ("a red circle on the
 left"), writes it in the Hugging Face BLIP format (config.json, model.safetensors, tokenizer.json,
 vocab.txt, tokenizer_config.json, preprocessor_config.json), then checks it on fresh images with
 transformers' own ``generate`` (greedy and beam) and exits non-zero if it is not accurate enough.
@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -29,7 +27,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece  # noqa: E402
 from transformers import BlipConfig, BlipForConditionalGeneration  # noqa: E402
 
-import shapes  # noqa: E402
+from tests.helpers import shapes  # noqa: E402
 
 # --- the fixed recipe ------------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ def _load_captioner(args: argparse.Namespace):
 
 
 def _sidecar_ext(value: str) -> str:
-    from .discover import IMAGE_SUFFIXES
+    from .jobs.discover import IMAGE_SUFFIXES
 
     ext = value.lstrip(".")
     if os.path.exists(value) or not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", ext):
@@ -67,7 +67,7 @@ def _sidecar_ext(value: str) -> str:
 
 
 def _db_path(value: str | None) -> Path:
-    from .index import default_db_path
+    from .outputs.index import default_db_path
 
     if not value:
         path = default_db_path()
@@ -81,11 +81,13 @@ def _db_path(value: str | None) -> Path:
 
 def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     """Discover, check every destination, load the model, run the bulk job, summarise."""
-    from .bulk import BulkJob, Reporter, StopRequest
+    from .jobs.common import Reporter, StopRequest
+    from .jobs.local import BulkJob
     from .decoding import CaptionOptions
-    from .discover import find_images
-    from .progress import Progress
-    from .sinks import PrintSink, check_writable
+    from .jobs.discover import find_images
+    from .jobs.progress import Progress
+    from .outputs.atomic import check_writable
+    from .outputs.sinks import PrintSink
 
     base, over = _options(args)
     (base or CaptionOptions()).replace(**over)  # impossible combinations fail before the model loads
@@ -124,10 +126,10 @@ def _summarise(args: argparse.Namespace, summary) -> int:
 
 def _run_ray(args: argparse.Namespace) -> int:
     """caption --engine ray: the Ray Data job (distributed.py) writes Parquet shards to --output DIR."""
-    from .bulk import Reporter
+    from .jobs.common import Reporter
     from .decoding import CaptionOptions
-    from .distributed import ModelSpec, PoolSpec, RayJob
-    from .sinks import check_writable
+    from .jobs.ray_job import ModelSpec, PoolSpec, RayJob
+    from .outputs.atomic import check_writable
 
     local_only = [flag for flag, used in (("--sidecar", args.sidecar is not None), ("--xmp", args.xmp),
                                           ("--index", args.index is not None), ("--json", args.json),
@@ -152,9 +154,9 @@ def _run_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from .index import IndexSink
-    from .sinks import PrintSink, SidecarSink, XmpSink
-    from .tables import MetadataSink, open_output
+    from .outputs.index import IndexSink
+    from .outputs.sinks import PrintSink, SidecarSink, XmpSink
+    from .outputs.tables import MetadataSink, open_output
 
     if args.engine == "ray":
         return _run_ray(args)
@@ -183,7 +185,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .index import Index, IndexSink
+    from .outputs.index import Index, IndexSink
 
     db = _db_path(args.db)
     status = 0
@@ -202,7 +204,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .index import Index
+    from .outputs.index import Index
 
     index = Index(_db_path(args.db), create=False)
     bold = sys.stdout.isatty() and not args.json
@@ -443,10 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
-    from .distributed import RayJobError
+    from .jobs.ray_job import RayJobError
     from .export import ExportError
     from .hub import ModelNotAvailableError
-    from .sinks import SinkError
+    from .outputs.records import SinkError
 
     try:
         return args.func(args)

@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from ..decoding import CaptionOptions
-from ..bulk import decode_bytes
+from ..jobs.local import decode_bytes
 from ..images import ImageError, UnreadableImageError
 from .urls import UrlFetcher
 

@@ -1,0 +1,319 @@
+"""The folder job: plan, decode ahead in parallel, caption in batches, write, resume.
+
+    paths (discover.py) -> plan: which sinks still want each image (--existing skip: none -> skipped)
+      -> decode pool: worker threads read, hash (sha256) and decode each file, JPEGs at reduced
+         scale (Pillow draft) when far larger than the model input, and resize it to the model
+         input exactly as the preprocessor would; at most ``depth`` images wait in the queue
+      -> main thread: identical bytes (sha256) reuse a caption; the rest is batched to the model
+      -> sinks (sinks.py, index.py), once per batch; failures -> the error log or stderr
+
+Pillow's decoders, its resize and hashlib release the GIL, so threads decode in parallel while
+the model runs, and no pixels are copied between processes. Memory holds one batch, the decode
+queue and about 200 bytes per file of bookkeeping (its path, and the sha256 -> caption map that
+finds identical files), whatever the number of files.
+
+Stopping: the first SIGINT/SIGTERM lets the batch in the model finish and be written, a second
+one drops it; either way every sink is flushed and closed, and ``Summary.signal`` says which
+signal stopped the job. A re-run with --existing skip then continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import signal
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from PIL import Image
+
+from ..decoding import CaptionOptions
+from ..images import ImageError, UnreadableImageError, load_image
+from ..outputs.records import Record, Sink
+from ..uris import is_http_url
+from .common import Reporter, StopRequest, decode_ahead, failure_text, final_text, resolve_options, result_error
+from .progress import Progress, Summary
+
+_JPEG = b"\xff\xd8\xff"
+
+
+@dataclass
+class _Item:
+    path: str
+    targets: list[Sink]  # the sinks that still want this image
+    seq: int = 0  # its place in the input order
+    failures: list[str] = field(default_factory=list)  # reasons some sink cannot take it
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    image: Image.Image | None = None
+    error: str | None = None  # "<ErrorKind>: <reason>"
+
+
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _decoder(size: tuple[int, int], resample: int, resize: bool, max_pixels: int | None, allow_urls: bool):
+    """The worker function: an _Item -> the same item with sha256, size and model-ready image, or error."""
+
+    def decode(item: _Item) -> _Item:
+        path = item.path
+        try:
+            if is_http_url(path):
+                image, head, source = _fetch(item, size, max_pixels, allow_urls)
+            else:
+                with open(path, "rb") as f:
+                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        raise UnreadableImageError(path, "not a regular file")
+                    head = f.read(3)
+                    f.seek(0)
+                    item.sha256 = _sha256(f)
+                image, source = load_image(path, max_pixels=max_pixels, draft_size=size), path
+            item.image, item.width, item.height = model_input(image, head, source, size, resample, resize)
+        except Exception as e:  # one bad file never stops the job
+            item.error = failure_text(e)
+        return item
+
+    return decode
+
+
+def model_input(image: Image.Image, head: bytes, source, size: tuple[int, int], resample: int,
+                resize: bool) -> tuple[Image.Image, int, int]:
+    """A decoded image resized exactly as the preprocessor would, and its stored width and height.
+
+    ``head``: the file's first 3 bytes; ``source``: the file (path or file object), read again for
+    a JPEG's stored size, which draft mode may have decoded smaller.
+    """
+    height, width = size
+    stored = _stored_size(source, image) if head == _JPEG else image.size
+    if resize and image.size != (width, height):
+        image = image.resize((width, height), resample)
+    # load_image dropped the orientation tag it applied, so caption() will not turn this again
+    return image, *stored
+
+
+def decode_bytes(data: bytes, size: tuple[int, int], resample: int, resize: bool,
+                 max_pixels: int | None) -> tuple[Image.Image, int, int]:
+    """A file's bytes decoded as the folder job decodes the file: (model-ready image, stored width,
+    height). Raises ImageError. The Ray job (distributed.py) decodes with this."""
+    image = load_image(data, max_pixels=max_pixels, draft_size=size)
+    return model_input(image, data[:3], io.BytesIO(data), size, resample, resize)
+
+
+def _fetch(item: _Item, size, max_pixels, allow_urls) -> tuple[Image.Image, bytes, io.BytesIO]:
+    from ..images import _fetch as fetch_url  # the same deadline and size cap as load_image's
+
+    if not allow_urls:
+        raise UnreadableImageError(item.path, "URLs are fetched only with --allow-urls")
+    data = fetch_url(item.path, 10.0, 50_000_000)
+    item.sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        image = load_image(data, max_pixels=max_pixels, draft_size=size)
+    except ImageError as e:
+        raise type(e)(item.path, e.reason) from e  # named by its URL, not "<bytes of N bytes>"
+    return image, data[:3], io.BytesIO(data)
+
+
+def _stored_size(source, decoded: Image.Image) -> tuple[int, int]:
+    """Width and height of a JPEG as stored (upright), which draft mode may have decoded smaller."""
+    with Image.open(source) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: stored sideways
+            w, h = h, w
+    return w, h
+
+
+class BulkJob:
+    """Caption ``paths`` into ``sinks``. ``run(captioner)`` returns a Summary; see the module docstring.
+
+    Each sink's ``existing`` says what to do about images it already holds: skip (an image every
+    sink holds is not read, let alone captioned), overwrite (caption again and replace), append
+    (caption again and add). ``alt_text_max``: rewrite captions as alt text of at most that many characters.
+    """
+
+    def __init__(self, paths: Sequence[str], sinks: Sequence[Sink], *, options: CaptionOptions | None = None,
+                 overrides: dict[str, Any] | None = None, batch_size: int = 8, workers: int | None = None,
+                 alt_text_max: int | None = None, reporter: Reporter | None = None,
+                 progress: Progress | None = None, stop: StopRequest | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.paths, self.sinks = list(paths), list(sinks)
+        self.options, self.overrides = options, dict(overrides or {})  # as Captioner.caption takes them
+        self.batch_size, self.alt_text_max = batch_size, alt_text_max
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.progress = progress or Progress(len(self.paths), mode="off")
+        self.reporter = reporter or Reporter(progress=self.progress)
+        self.stop = stop
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Check every destination before any model work (raises SinkError or ValueError)."""
+        if not self._prepared:
+            for sink in self.sinks:
+                sink.prepare(self.paths)
+            self._prepared = True
+
+    def run(self, captioner) -> Summary:
+        self.prepare()
+        self.summary = Summary(total=len(self.paths))
+        self.cap = captioner
+        self.opts, self.digest = resolve_options(captioner, self.options, self.overrides, self.alt_text_max)
+        self.active = [s for s in self.sinks if not s.passive]
+        self.cache: dict[str, tuple[str, float | None]] = {}  # sha256 -> caption, score
+        if all(s.existing == "skip" for s in self.active):  # overwrite/append ask for fresh captions
+            self._seed_cache()
+        self._ready: list[tuple[_Item, Record, str]] = []
+        pre = captioner.preprocessor
+        decode = _decoder(pre.size, pre.resample, pre.do_resize, captioner.max_pixels, captioner.allow_urls)
+        depth = max(2 * self.batch_size, 2 * self.workers)
+        start = time.monotonic()
+        decoded = decode_ahead(self._plan(), decode, self.workers, depth, self._stopping)
+        try:
+            self._loop(decoded)
+        except KeyboardInterrupt:
+            if self.stop is None:
+                raise
+            self.stop.signum = self.stop.signum or signal.SIGINT
+        finally:
+            decoded.close()  # stops the workers: queued files are dropped, not decoded
+            try:
+                self._flush()
+            finally:
+                self._close_all()
+                self.summary.seconds = time.monotonic() - start
+                self.progress.close()
+        self.summary.signal = self.stop.signum if self.stop else None
+        return self.summary
+
+    def _close_all(self) -> None:
+        """Close every sink and the error log, even when one of them fails; then raise the first error."""
+        first: BaseException | None = None
+        for closer in [s.close for s in self.sinks] + [self.reporter.close]:
+            try:
+                closer()
+            except BaseException as e:  # noqa: BLE001 - the others must still be closed
+                first = first or e
+        if first is not None:
+            raise first
+
+    # --- the steps ----------------------------------------------------------------------------------
+
+    def _seed_cache(self) -> None:
+        """Captions earlier runs stored, made with the same model and options, by sha256."""
+        for sink in self.active:
+            for r in sink.known():
+                if (r.options_digest == self.digest and r.model_id == self.cap.model_id
+                        and r.revision == self.cap.revision and r.sha256 and r.caption is not None):
+                    self.cache[r.sha256] = (r.caption, r.score)
+
+    def _plan(self) -> Iterator[_Item]:
+        for seq, path in enumerate(self.paths):
+            if self._stopping():
+                return  # a long run of skipped files must not outlast a stop request
+            item = _Item(path, [], seq=seq)
+            for sink in self.active:
+                reason = sink.clash(path)
+                if reason:
+                    item.failures.append(reason)
+                elif sink.wants(path):
+                    item.targets.append(sink)
+            if self.active and not item.targets:
+                if item.failures:
+                    self._report(item, None)
+                else:
+                    self.summary.skipped += 1
+                    self.progress.update(self.summary)
+                continue
+            yield item
+
+    def _loop(self, decoded: Iterator[_Item]) -> None:
+        batch: list[_Item] = []
+        waiting: dict[str, list[_Item]] = {}  # sha256 in the batch -> its duplicates
+        for item in decoded:
+            if self._stopping():
+                return  # the batch not yet started is dropped; a re-run does it
+            if item.error is not None:
+                self._emit(item, None, None, "failed")
+            elif item.sha256 in self.cache:
+                self._emit(item, *self.cache[item.sha256], "reused")
+            elif item.sha256 in waiting:
+                waiting[item.sha256].append(item)
+            else:
+                waiting[item.sha256] = []
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    self._caption(batch, waiting)
+                    batch, waiting = [], {}
+            if len(self._ready) >= 4 * self.batch_size:
+                self._flush()
+        if batch and not self._stopping():
+            self._caption(batch, waiting)
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.signum is not None
+
+    def _caption(self, batch: list[_Item], waiting: dict[str, list[_Item]]) -> None:
+        images = [item.image for item in batch]
+        with self.stop.model_running() if self.stop else contextlib.nullcontext():
+            results = self.cap.caption(images, self.opts, errors="return", batch_size=len(images))
+        for item, result in zip(batch, results):
+            item.image = None
+            if not result.ok:  # cannot happen for decoded images; reported if it ever does
+                item.error = result_error(result)
+                self._emit(item, None, None, "failed")
+                continue
+            text = final_text(result.text, self.alt_text_max)
+            self.cache[item.sha256] = (text, result.score)
+            alternatives = [(final_text(a.text, self.alt_text_max), a.score) for a in result.alternatives]
+            self._emit(item, text, result.score, "captioned", alternatives)
+            for twin in waiting.get(item.sha256, ()):
+                self._emit(twin, text, result.score, "reused")
+        self._flush()
+
+    def _emit(self, item: _Item, caption: str | None, score: float | None, outcome: str,
+              alternatives: list | None = None) -> None:
+        item.image = None
+        record = Record(item.path, caption, score, item.sha256, item.width, item.height, self.cap.model_id,
+                        self.cap.revision, self.digest, item.error, alternatives or [])
+        self._ready.append((item, record, outcome))
+
+    def _flush(self) -> None:
+        """Write the records ready so far to every sink that wants them; count and report them."""
+        ready, self._ready = self._ready, []
+        if not ready:
+            return
+        ready.sort(key=lambda entry: entry[0].seq)  # failures and reused captions come back first
+        failures: dict[int, list[str]] = {}
+        for sink in self.sinks:
+            wanted = [(i, r) for i, (item, r, _) in enumerate(ready)
+                      if (sink.passive or sink in item.targets) and (r.ok or sink.wants_errors)]
+            if not wanted:
+                continue
+            index_of = {id(r): i for i, r in wanted}
+            for record, reason in sink.write([r for _, r in wanted]):
+                failures.setdefault(index_of[id(record)], []).append(reason)
+        for i, (item, record, outcome) in enumerate(ready):
+            reasons = item.failures + failures.get(i, [])
+            if record.error is not None or reasons:
+                self._report(item, record.error, reasons)
+            elif outcome == "captioned":
+                self.summary.captioned += 1
+            else:
+                self.summary.reused += 1
+        self.progress.update(self.summary)
+
+    def _report(self, item: _Item, error: str | None, reasons: Sequence[str] = ()) -> None:
+        self.summary.failed += 1
+        for reason in ([error] if error else []) + list(reasons or item.failures):
+            self.reporter.failure(item.path, reason)
+        self.progress.update(self.summary)

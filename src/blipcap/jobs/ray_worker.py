@@ -1,0 +1,121 @@
+"""The Ray job's actor: load the model once, then turn batches of (path, bytes) into Record rows;
+and the Datasink that writes each write task's rows as one shard."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..outputs.records import Record, records_table
+from ..outputs.shards import ShardFolder, write_shard
+from .common import failure_text, final_text, resolve_options, result_error
+from .local import decode_bytes
+
+if TYPE_CHECKING:
+    from .ray_job import ModelSpec
+
+
+def require_ray():
+    """``import ray`` (and ray.data), or an ImportError that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"--engine ray requires the ray extra: pip install 'blipcap[ray]' ({e})") from None
+    return ray
+
+
+def shard_sink(folder: ShardFolder, prefix: str):
+    """A Ray Datasink writing one shard per write task, named ``<prefix><task index>.parquet``:
+    a retried task rewrites its own shard."""
+    from ray.data import Datasink
+    from ray.data.block import BlockAccessor
+
+    fs, root = folder.fs, folder.root
+
+    class ShardSink(Datasink):
+        def write(self, blocks, ctx) -> None:
+            import pyarrow as pa
+
+            tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+            tables = [t for t in tables if t.num_rows]
+            if tables:
+                write_shard(fs, root, f"{prefix}{ctx.task_idx:06d}.parquet", pa.concat_tables(tables))
+
+    return ShardSink()
+
+
+def done_key(path: str, sha256: str) -> bytes:
+    """16 bytes naming (path, sha256): what a worker looks up to skip a file already captioned."""
+    return hashlib.sha256(f"{path}\n{sha256}".encode("utf-8", "surrogateescape")).digest()[:16]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    model: ModelSpec
+    prefix: str  # turns the paths Ray reports into recorded paths
+    decode_threads: int
+
+
+class CaptionWorker:
+    """One actor of the pool: loads the model once, then turns batches of (path, bytes) into rows.
+
+    ``done``: a sorted array of done_key()s, or its ObjectRef (read-only, shared by the actors of a node).
+    """
+
+    def __init__(self, spec: WorkerSpec, done):
+        from ..captioner import Captioner
+
+        if not isinstance(done, np.ndarray):  # an ObjectRef: Ray Data passes constructor args as given
+            done = require_ray().get(done)
+        m = spec.model
+        self.spec, self.done = spec, done
+        threads = m.threads or spec.decode_threads
+        self.cap = Captioner.load(m.model, revision=m.revision, backend=m.backend, device=m.device, dtype=m.dtype,
+                                  threads=threads)
+        self.options, self.digest = resolve_options(self.cap, m.options, m.overrides, m.alt_text_max)
+        pre = self.cap.preprocessor
+        self._decode_args = (pre.size, pre.resample, pre.do_resize, self.cap.max_pixels)
+        self.pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="blipcap-decode")
+
+    def __call__(self, batch):
+        """A pyarrow batch of (bytes, path) -> a table of Records for the files not done yet."""
+        paths = [self.spec.prefix + p for p in batch.column("path").to_pylist()]
+        blobs = batch.column("bytes").to_pylist()
+        shas = list(self.pool.map(lambda b: hashlib.sha256(b).hexdigest(), blobs))  # hashlib frees the GIL
+        todo = [i for i, hit in enumerate(self._done(paths, shas)) if not hit]
+        decoded = dict(zip(todo, self.pool.map(self._decode, [blobs[i] for i in todo])))  # image, w, h | error
+        ready = [i for i in todo if not isinstance(decoded[i], str)]
+        results = self.cap.caption([decoded[i][0] for i in ready], self.options, errors="return",
+                                   batch_size=max(1, len(ready))) if ready else []
+        results = dict(zip(ready, results))
+        records = []
+        for i in todo:
+            caption = score = width = height = None
+            error = decoded[i] if isinstance(decoded[i], str) else None
+            if i in results:
+                _, width, height = decoded[i]
+                if results[i].ok:
+                    caption, score = final_text(results[i].text, self.spec.model.alt_text_max), results[i].score
+                else:  # cannot happen for decoded images; recorded if it ever does
+                    error = result_error(results[i])
+            records.append(Record(paths[i], caption, score, shas[i], width, height, self.cap.model_id,
+                                  self.cap.revision, self.digest, error))
+        return records_table(records)
+
+    def _done(self, paths: list[str], shas: list[str]) -> np.ndarray:
+        if not len(self.done) or not paths:
+            return np.zeros(len(paths), dtype=bool)
+        keys = np.array([done_key(p, s) for p, s in zip(paths, shas)], dtype="S16")
+        at = np.minimum(np.searchsorted(self.done, keys), len(self.done) - 1)
+        return self.done[at] == keys
+
+    def _decode(self, data: bytes):
+        try:
+            return decode_bytes(data, *self._decode_args)
+        except Exception as e:  # one bad file never stops the job
+            return failure_text(e)

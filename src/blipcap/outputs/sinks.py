@@ -1,0 +1,132 @@
+"""Files beside each image (caption sidecars, XMP sidecars) and standard output. The Record and the
+Sink interface are in ``records.py``; tables (JSONL, CSV, Parquet, Hugging Face ``metadata.jsonl``)
+in ``tables.py``, the search index in ``index.py``.
+
+Every sink survives ``kill -9`` at any point: a file beside an image is written to a hidden temp
+file and renamed over the target, so a reader (or a re-run) sees the old file or the new one.
+A sink knows what it already holds (``has``), so a re-run with ``--existing skip`` skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from . import xmp
+from .atomic import atomic_write
+from .records import Record, Sink, SinkError, check_mode
+
+
+class _FileBeside(Sink):
+    """A file next to each image (sidecar text, XMP), named from the image's name."""
+
+    what = "sidecar"
+
+    def __init__(self, suffix: str, existing: str = "skip"):
+        self.suffix, self.existing = suffix, check_mode(existing)
+        self._dir: str | None = None
+        self._claimed: dict[Path, str] = {}  # target -> image, within the current folder
+
+    def target(self, path: str) -> Path:
+        return Path(path).with_suffix(self.suffix)
+
+    def prepare(self, paths: Sequence[str]) -> None:
+        for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in paths if "://" not in p}):
+            if not os.path.isdir(folder):
+                continue  # the image itself is missing: reported as that image's error
+            try:
+                tempfile.TemporaryFile(dir=folder).close()
+            except OSError as e:
+                raise SinkError(f"cannot write {self.what}s in {folder}: {e.strerror or e}") from e
+
+    def clash(self, path: str) -> str | None:
+        """Why ``path`` cannot have its own file (another image in its folder has the same stem)."""
+        if path[:8].lower().startswith(("http://", "https://")):
+            return f"a URL has no folder to hold its {self.what}"
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder != self._dir:  # images arrive folder by folder: remember one folder's names only
+            self._dir, self._claimed = folder, {}
+        target = self.target(path)
+        other = self._claimed.setdefault(target, path)
+        if other != path:
+            return f"its {self.what} {target.name} would also be that of {Path(other).name}; rename one"
+        return None
+
+    def has(self, path: str) -> bool:
+        return os.path.lexists(self.target(path))
+
+    def write(self, records: list[Record]) -> list[tuple[Record, str]]:
+        failed = []
+        for record in records:
+            if not record.ok:
+                continue
+            target = self.target(record.path)
+            try:
+                atomic_write(target, self.render(target, record.caption or ""))
+            except (OSError, xmp.XmpError) as e:
+                reason = e if isinstance(e, xmp.XmpError) else f"cannot write {target}: {e.strerror or e}"
+                failed.append((record, str(reason)))
+        return failed
+
+    def render(self, target: Path, caption: str) -> bytes:
+        raise NotImplementedError
+
+
+class SidecarSink(_FileBeside):
+    """``photo.jpg`` -> ``photo.txt`` holding the caption (EXT as kohya's ``--caption_extension``)."""
+
+    def __init__(self, ext: str = "txt", existing: str = "skip"):
+        super().__init__("." + ext.lstrip("."), existing)
+
+    def render(self, target: Path, caption: str) -> bytes:
+        if self.existing == "append" and target.is_file():
+            old = target.read_text(encoding="utf-8", errors="replace").rstrip("\n")
+            if old.strip():
+                return f"{old}\n{caption}\n".encode()  # one caption per line
+        return f"{caption}\n".encode()
+
+
+class XmpSink(_FileBeside):
+    """``photo.jpg`` -> ``photo.xmp`` with the caption merged in (see xmp.py); one caption per image."""
+
+    what = "XMP sidecar"
+
+    def __init__(self, existing: str = "skip"):
+        super().__init__(".xmp", existing)
+
+    def has(self, path: str) -> bool:
+        return xmp.read_description(self.target(path)) is not None
+
+    def render(self, target: Path, caption: str) -> bytes:
+        old = target.read_bytes() if target.is_file() else None
+        return xmp.merge_caption(old, caption, str(target))
+
+
+class PrintSink(Sink):
+    """Standard output: ``path<TAB>caption`` lines, or one JSON object per line with ``json=True``."""
+
+    passive = True
+    wants_errors = True
+
+    def __init__(self, json_lines: bool = False, stream=None):
+        self.json_lines, self.stream = json_lines, stream
+
+    def write(self, records: list[Record]) -> list[tuple[Record, str]]:
+        out = self.stream or sys.stdout
+        for r in records:
+            if self.json_lines:
+                row = {"path": r.path, "caption": r.caption, "score": r.score}
+                if r.error is not None:
+                    row["error"] = r.error
+                if r.alternatives:
+                    row["alternatives"] = [{"caption": t, "score": s} for t, s in r.alternatives]
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            elif r.ok:
+                out.write(f"{r.path}\t{r.caption}\n")
+        out.flush()
+        return []
+
