@@ -39,7 +39,7 @@ from blipcap import Captioner
 from blipcap.bench import machine
 from blipcap.jobs.local import _decoder, _Item
 from blipcap.jobs.discover import find_images
-from blipcap.jobs.progress import parse_line
+from tests.helpers.summary import parse_line
 from blipcap.random_checkpoint import build_random_checkpoint
 
 SIZE = (4000, 3000)  # 12 megapixels

@@ -35,7 +35,7 @@ import ray  # noqa: E402
 
 from blipcap.bench import machine, synthetic_images  # noqa: E402
 from blipcap.jobs.ray_job import IO_CPUS, ModelSpec, PoolSpec, RayJob  # noqa: E402
-from blipcap.jobs.progress import parse_line  # noqa: E402
+from tests.helpers.summary import parse_line  # noqa: E402
 from blipcap.random_checkpoint import build_random_checkpoint  # noqa: E402
 
 

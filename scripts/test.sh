@@ -10,4 +10,6 @@ fi
 .venv-torchfree/bin/python -m pip install --quiet -c constraints.txt -e ".[onnx]"
 export BLIPCAP_TORCHFREE_PYTHON="$PWD/.venv-torchfree/bin/python" BLIPCAP_REQUIRE_TORCHFREE=1
 export BLIPCAP_REQUIRE_RAY=1  # the Ray job's tests fail, rather than skip, without the ray extra
+# the layer contracts of shared/DESIGN.md ([tool.importlinter] in pyproject.toml)
+.venv/bin/lint-imports
 .venv/bin/python -m pytest -q "$@"

@@ -7,6 +7,7 @@ and at bf16 (fp16 on a GPU) from the same run, the ratios, and token agreement.
 
 from __future__ import annotations
 
+import copy
 import resource
 import sys
 import tempfile
@@ -91,34 +92,39 @@ def _peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def time_caption(cap, images, opts, batch_size: int) -> tuple[float, float, list[list[int]]]:
-    """One timed `cap.caption` pass: (seconds, of which image encoding, token ids per image).
+class _TimedEncode:
+    """A backend whose ``encode`` calls are timed (waiting for CUDA's kernels to finish); the rest is
+    the wrapped backend's."""
 
-    The encoder's share is read inside the pass, by timing each `backend.encode` call (waiting for
-    CUDA's kernels to finish), so it adds up with the decoding's rest to the pass's own time.
-    """
-    backend = cap.backend
-    spent = [0.0]
-    encode = backend.encode
+    def __init__(self, backend):
+        self.backend, self.seconds = backend, 0.0
 
-    def timed_encode(pixels):
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def encode(self, pixels):
         t0 = time.perf_counter()
-        out = encode(pixels)
+        out = self.backend.encode(pixels)
         if getattr(out, "is_cuda", False):  # CUDA runs asynchronously: time the work, not its launch
             import torch
 
             torch.cuda.synchronize()
-        spent[0] += time.perf_counter() - t0
+        self.seconds += time.perf_counter() - t0
         return out
 
-    backend.encode = timed_encode  # instance attribute: measures this pass only
-    try:
-        t0 = time.perf_counter()
-        caps = cap.caption(images, opts, batch_size=batch_size)
-        total = time.perf_counter() - t0
-    finally:
-        del backend.encode
-    return total, spent[0], [c.token_ids for c in caps]
+
+def time_caption(cap, images, opts, batch_size: int) -> tuple[float, float, list[list[int]]]:
+    """One timed `cap.caption` pass: (seconds, of which image encoding, token ids per image).
+
+    The encoder's share is read inside the pass, from a copy of the captioner whose backend times
+    each `encode` call, so it adds up with the decoding's rest to the pass's own time.
+    """
+    timed = copy.copy(cap)  # shallow: the same model, codec and preprocessor
+    timed.backend = encoder = _TimedEncode(cap.backend)
+    t0 = time.perf_counter()
+    caps = timed.caption(images, opts, batch_size=batch_size)
+    total = time.perf_counter() - t0
+    return total, encoder.seconds, [c.token_ids for c in caps]
 
 
 def _time_blipcap(cap, images, opts, batch_size: int) -> tuple[float, float, list[list[int]]]:

@@ -66,6 +66,15 @@ def test_export_directory_is_self_contained_with_a_manifest(tiny_exports, tiny_f
     assert not list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
 
 
+def test_both_backends_satisfy_the_backend_protocol(tiny_exports, tiny_fixture):
+    from blipcap.backends.base import Backend
+
+    for model in (tiny_fixture, tiny_exports["int8"]):
+        backend = Captioner.load(model).backend
+        assert isinstance(backend, Backend), type(backend)
+    assert not isinstance(object(), Backend)  # the check has teeth
+
+
 def test_auto_backend_picks_onnx_for_an_export_and_refuses_mismatches(tiny_exports, tiny_fixture):
     assert Captioner.load(tiny_exports["float32"]).backend.name == "onnx"
     assert Captioner.load(tiny_fixture, backend="auto").backend.name == "torch"

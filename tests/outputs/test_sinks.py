@@ -253,13 +253,18 @@ class FakeTTY(io.StringIO):
 def test_progress_draws_a_bar_on_a_terminal_and_lines_otherwise():
     s = Summary(total=200, captioned=40, skipped=10, failed=2)
     tty = FakeTTY()
-    bar = Progress(200, stream=tty)
-    bar.update(s)
+    bar = Progress(200, stream=tty)  # rich's live display: a bar and our text beside it
+    bar.update(s, force=True)
     drawn = tty.getvalue()
-    assert drawn.startswith("\r[") and "52/200 (26%)" in drawn and "images/s" in drawn and "ETA" in drawn
-    assert "2 failed" in drawn and "\n" not in drawn
+    assert "━" in drawn and "52/200 (26%)" in drawn and "images/s" in drawn and "ETA" in drawn
+    assert "2 failed" in drawn
     bar.note("blipcap: failed x.jpg: EmptyImageError: empty (0 bytes)")
-    assert tty.getvalue().endswith("\r\x1b[Kblipcap: failed x.jpg: EmptyImageError: empty (0 bytes)\n")
+    after_note = tty.getvalue()[len(drawn):]
+    # the line is printed whole, above the bar, which is drawn again below it
+    assert "blipcap: failed x.jpg: EmptyImageError: empty (0 bytes)\n" in after_note
+    assert after_note.rindex("52/200") > after_note.index("blipcap: failed x.jpg")
+    bar.close()
+    assert tty.getvalue().endswith("\x1b[1A\x1b[2K")  # transient: the bar's line erased at the end
 
     log = io.StringIO()
     lines = Progress(200, stream=log, interval=0.0)

@@ -374,7 +374,7 @@ def test_concurrent_requests_share_a_batch_grouped_by_options(cap):
             assert sizes == [(2, 3), (4, 1)]
             metrics = (await c.get("/metrics")).text
             assert metric(metrics, "blipcap_batch_size_count") == 2
-            assert metric(metrics, 'blipcap_batch_size_bucket{le="1"}') == 0
+            assert metric(metrics, 'blipcap_batch_size_bucket{le="1.0"}') == 0
             assert metric(metrics, 'blipcap_images_total{outcome="ok"}') == 6
     run(scenario())
 

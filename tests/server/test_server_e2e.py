@@ -95,7 +95,7 @@ def test_load_32_clients_400_requests_all_succeed_in_batches(server):
     bodies = [png(*spec) for spec in specs]
     before = httpx.get(f"{server}/metrics").text
     batches_before = metric(before, "blipcap_batch_size_count")
-    singles_before = metric(before, 'blipcap_batch_size_bucket{le="1"}')
+    singles_before = metric(before, 'blipcap_batch_size_bucket{le="1.0"}')
     total, clients = 400, 32
     outcomes: list = []
 
@@ -118,7 +118,7 @@ def test_load_32_clients_400_requests_all_succeed_in_batches(server):
     assert all(got == want for _, got, want in outcomes)
     after = httpx.get(f"{server}/metrics").text
     batches = metric(after, "blipcap_batch_size_count") - batches_before
-    singles = metric(after, 'blipcap_batch_size_bucket{le="1"}') - singles_before
+    singles = metric(after, 'blipcap_batch_size_bucket{le="1.0"}') - singles_before
     images = metric(after, "blipcap_batch_size_sum") - metric(before, "blipcap_batch_size_sum")
     assert images == total
     assert batches < total and singles < batches, (batches, singles)  # batches larger than one formed

@@ -65,7 +65,8 @@ def test_bench_needs_exactly_one_model():
 def test_the_summary_line_parses_back_in_seconds_and_milliseconds():
     """Benchmarks time the CLI by its summary line: under a second it reads in ms, which a parser
     looking for "s" alone missed."""
-    from blipcap.jobs.progress import Summary, parse_line
+    from blipcap.jobs.progress import Summary
+    from tests.helpers.summary import parse_line
 
     s = Summary(total=4, captioned=4)
     for seconds in (0.25, 12.5):

@@ -49,7 +49,7 @@ class TorchSession:
 
     def __init__(self, backend: "TorchBackend", cross: torch.Tensor, group: int, prompts: np.ndarray,
                  valid: np.ndarray, max_new: int):
-        self.backend, self.cross, self.group = backend, cross, group
+        self.backend, self.cross = backend, cross  # beams share ``cross``: rows = images x group
         self.ops = backend.ops
         model, dev = backend.model, backend.device
         t = model.dims.text
@@ -142,9 +142,6 @@ class TorchBackend:
         """Prefill the prompts (rows = images x group) and return the session and first logits."""
         session = TorchSession(self, memory, group, prompts, valid, max_new)
         return session, session.first_logits
-
-    def select(self, memory: torch.Tensor, index: list[int]) -> torch.Tensor:
-        return memory[:, :, index]
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}

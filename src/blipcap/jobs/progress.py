@@ -1,10 +1,14 @@
-"""Progress of a bulk job on stderr: a redrawn bar on a terminal, a plain line every so often
-otherwise (logs, CI), nothing with --quiet; and the final summary line."""
+"""Progress of a bulk job on stderr: a live bar on a terminal (rich), a plain line every so often
+otherwise (logs, CI), nothing with --quiet; and the final summary line.
+
+rich rather than tqdm: its live display redraws from its own thread (a long batch still shows the
+clock moving), and lines printed through its console (per-file failures) land above the bar
+instead of through it. Both would do; neither computes our rate, which leaves out skipped files
+(instant, they would inflate it), so the text beside the bar is ours.
+"""
 
 from __future__ import annotations
 
-import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -41,25 +45,13 @@ class Summary:
                 f"{self.rate:.1f} images/s")
 
 
-_LINE = re.compile(r"(\d+) image\(s\) in ([\d.]+) (m?s): (\d+) captioned")
-
-
-def parse_line(text: str) -> tuple[int, float, int]:
-    """(images, seconds, captioned) from the summary line `Summary.line` wrote somewhere in `text`
-    (a job's stderr); for scripts that time the CLI. ValueError when there is none."""
-    m = _LINE.search(text)
-    if m is None:
-        raise ValueError("no blipcap summary line in the text")
-    return int(m.group(1)), float(m.group(2)) / (1000 if m.group(3) == "ms" else 1), int(m.group(4))
-
-
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Progress:
-    """``update(summary)`` after each batch; draws at most ``1/min_gap`` times a second."""
+    """``update(summary)`` after each batch; ``note(line)`` for a failure line; ``close()`` at the end."""
 
     def __init__(self, total: int, stream=None, mode: str = "auto", interval: float = 10.0):
         self.stream = stream if stream is not None else sys.stderr
@@ -69,8 +61,21 @@ class Progress:
             raise ValueError(f"progress mode must be bar, lines or off, got {mode!r}")
         self.total, self.mode, self.interval = total, mode, interval
         self.start = time.monotonic()
-        self._last_draw = self.start if mode == "lines" else float("-inf")  # a log line only every interval
-        self._drawn = False  # a bar is on the current terminal line
+        self._last_draw = self.start  # a log line only every interval
+        self._bar = self._task = None
+        if mode == "bar":
+            self._start_bar()
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, TextColumn
+        from rich.progress import Progress as LiveBar
+
+        console = Console(file=self.stream, force_terminal=True, highlight=False, markup=False)
+        self._bar = LiveBar(BarColumn(bar_width=40), TextColumn("{task.fields[info]}", markup=False),
+                            console=console, transient=True, refresh_per_second=10)
+        self._task = self._bar.add_task("caption", total=max(self.total, 1), info=self.text(_EMPTY))
+        self._bar.start()
 
     def text(self, s: Summary) -> str:
         elapsed = time.monotonic() - self.start
@@ -82,37 +87,27 @@ class Progress:
         return f"{s.done}/{self.total} ({pct:.0f}%), {rate:.1f} images/s, ETA {eta}, {s.failed} failed"
 
     def update(self, s: Summary, force: bool = False) -> None:
-        if self.mode == "off":
-            return
-        now = time.monotonic()
-        gap = 0.1 if self.mode == "bar" else self.interval
-        if not force and now - self._last_draw < gap:
-            return
-        self._last_draw = now
-        if self.mode == "lines":
-            self.stream.write(f"blipcap: {self.text(s)}\n")
-        else:
-            width = shutil.get_terminal_size((80, 24)).columns
-            info = self.text(s)
-            room = max(10, min(40, width - len(info) - 4))
-            filled = room * s.done // self.total if self.total else room
-            bar = "#" * filled + "-" * (room - filled)
-            self.stream.write("\r" + f"[{bar}] {info}"[: width - 1] + "\x1b[K")  # then erase the rest
-            self._drawn = True
-        self.stream.flush()
+        if self.mode == "bar":
+            self._bar.update(self._task, completed=s.done, info=self.text(s), refresh=force)
+        elif self.mode == "lines":
+            now = time.monotonic()
+            if force or now - self._last_draw >= self.interval:
+                self._last_draw = now
+                self.stream.write(f"blipcap: {self.text(s)}\n")
+                self.stream.flush()
 
     def note(self, line: str) -> None:
         """Print a line (an error report) without garbling the bar."""
-        self._clear()
-        self.stream.write(line + "\n")
-        self.stream.flush()
-        if self.mode == "bar":
-            self._last_draw = float("-inf")  # redraw the bar on the next update
+        if self._bar is not None:
+            self._bar.console.print(line, soft_wrap=True)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        self._clear()
+        if self._bar is not None:
+            self._bar.stop()  # transient: the bar goes, the summary line follows on a clean line
+            self._bar = None
 
-    def _clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r\x1b[K")  # carriage return, erase to end of line
-            self._drawn = False
+
+_EMPTY = Summary()

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from ..images import ImageError
@@ -134,11 +135,11 @@ class Service:
         entries = []
         for item in decoded:
             if isinstance(item, ImageError):
-                self.metrics.images.inc(outcome="error")
-                self.metrics.errors.inc(kind=type(item).__name__)
+                self.metrics.images.labels(outcome="error").inc()
+                self.metrics.errors.labels(kind=type(item).__name__).inc()
                 entries.append({"error": str(item), "error_type": type(item).__name__})
             else:
-                self.metrics.images.inc(outcome="ok")
+                self.metrics.images.labels(outcome="ok").inc()
                 entries.append(_entry(next(captions)))
         return (200 if good else 422), entries
 
@@ -217,11 +218,11 @@ class LimitAndCount:
                 raise
             await _error(e, metrics)(scope, receive, counting_send)
         finally:
-            metrics.requests.inc(route=route, status=str(status["code"]))
+            metrics.requests.labels(route=route, status=str(status["code"])).inc()
 
 
 def _error(e: ApiError, metrics: Metrics) -> JSONResponse:
-    metrics.errors.inc(kind=e.kind)
+    metrics.errors.labels(kind=e.kind).inc()
     return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
 
 
@@ -278,7 +279,7 @@ def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: U
     async def metrics():
         if service.batcher is not None:
             service.metrics.queue_depth.set(service.batcher.depth)
-        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def page():
