@@ -205,6 +205,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .outputs.index import Index
+    from .outputs.paths import line_path, path_from_text
 
     index = Index(_db_path(args.db), create=False)
     bold = sys.stdout.isatty() and not args.json
@@ -215,7 +216,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(json.dumps({"path": hit.path, "caption": hit.caption, "snippet": hit.snippet, "rank": hit.rank},
                              ensure_ascii=False))
         else:
-            print(f"{hit.path}\t{hit.snippet}")
+            print(f"{line_path(path_from_text(hit.path))}\t{hit.snippet}")
     if not hits:
         print(f"blipcap: no image matches {args.query!r}", file=sys.stderr)
     return 0
@@ -253,6 +254,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        against=args.against)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return 0
+
+
+def _result_limit(value: str) -> int:
+    n = int(value) if value.strip().lstrip("+-").isdigit() else 0
+    if not 1 <= n <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"--limit must be between 1 and 1000000, got {value}")
+    return n
 
 
 def _add_bench_parser(sub) -> None:
@@ -428,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Full-text search over the captions in the index, best match first.")
     p.add_argument("query", help='words to look for, e.g. "dog on a beach"')
     p.add_argument("--db", metavar="DB", help="the index database (default: in your user data folder)")
-    p.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument("--limit", type=_result_limit, default=20, help="at most this many results (default 20)")
     p.add_argument("--json", action="store_true", help="one JSON object per line: path, caption, snippet, rank")
     p.set_defaults(func=cmd_search)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..decoding import CaptionOptions
 from ..images import ImageError
 from ..outputs.alttext import alt_text
+from ..outputs.paths import line_path
 from .progress import Progress
 
 
@@ -90,7 +91,7 @@ class Reporter:
         if self.errors_path is not None:
             if self._file is None:
                 self._file = open(self.errors_path, "w", encoding="utf-8", errors="surrogateescape")
-            self._file.write(f"{path}\t{reason}\n")
+            self._file.write(f"{line_path(path)}\t{reason}\n")
             self._file.flush()
         elif self.progress is not None:
             self.progress.note(f"blipcap: failed {path}: {reason}")
