@@ -361,7 +361,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     config = ServerConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                           max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
-                          api_key=api_key, allow_urls=args.serve_allow_urls)
+                          api_key=api_key, allow_urls=args.serve_allow_urls, header_timeout_s=args.header_timeout_s,
+                          keep_alive_s=args.keep_alive_s, max_connections=args.max_connections)
     cap = _load_captioner(args)  # with allow_urls=False: the server fetches URLs itself, checked
     from .server.run import serve
 
@@ -384,6 +385,11 @@ def _add_serve_parser(sub) -> None:
     g.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit (413 above)")
     g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="per image (422 above)")
     g.add_argument("--timeout-s", type=float, default=60.0, help="per request (504 above)")
+    g.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="a request's headers must arrive within this (408 and closed after)")
+    g.add_argument("--keep-alive-s", type=float, default=5.0, help="idle keep-alive connections close after this")
+    g.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections at once; more get 503 + Retry-After")
     g.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
     g.add_argument("--allow-urls", dest="serve_allow_urls", action="store_true",
                    help="fetch http(s) image URLs given in JSON bodies (public addresses only)")
