@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -221,9 +222,12 @@ class LimitAndCount:
             metrics.requests.labels(route=route, status=str(status["code"])).inc()
 
 
+_KINDS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
 def _error(e: ApiError, metrics: Metrics) -> JSONResponse:
     metrics.errors.labels(kind=e.kind).inc()
-    return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+    return JSONResponse({"error": e.message, "error_type": e.kind}, status_code=e.status, headers=e.headers)
 
 
 # --- the app -----------------------------------------------------------------------------------------
@@ -243,6 +247,9 @@ def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: U
     app.state.service = service
     app.add_middleware(LimitAndCount, service=service)
     app.add_exception_handler(ApiError, lambda request, e: _error(e, service.metrics))
+    # Starlette's own refusals (unknown route, wrong method) in the same shape as ours, not {"detail"}
+    app.add_exception_handler(StarletteHTTPException, lambda request, e: _error(
+        ApiError(e.status_code, str(e.detail), _KINDS.get(e.status_code, "http_error"), e.headers), service.metrics))
 
     bearer = HTTPBearer(auto_error=False, description="the API key, when the server was started with --api-key-env")
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key (alternative header)")

@@ -75,12 +75,17 @@ def from_json(body: bytes) -> tuple[list[Upload], dict]:
 
 async def from_form(request: Any, max_files: int) -> tuple[list[Upload], dict]:
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
 
     try:
         form = await request.form(max_files=max_files, max_fields=16)
-    except MultiPartException as e:
-        raise ApiError(400, f"malformed multipart body: {e.message}", "bad_request") from e
+    except (MultiPartException, HTTPException) as e:  # Starlette raises the one or the other, by version
+        message = getattr(e, "message", None) or getattr(e, "detail", str(e))
+        if "Too many files" in message:  # more images than the queue admits
+            raise ApiError(413, f"more than {max_files} images in one request; the limit is {max_files}",
+                           "too_many_images") from e
+        raise ApiError(400, f"malformed multipart body: {message}", "bad_request") from e
     try:
         files = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
         if not files:
