@@ -168,7 +168,7 @@ def run_bench(model: str | None = None, *, random: str | None = None, backend: s
               dtype: str = "auto", batch_size: int = 8, images: int = 8, beams: int = 3, new_tokens: int = 20,
               against: str | None = None) -> BenchResult:
     from .captioner import Captioner
-    from .decoding import CaptionOptions
+    from .options import CaptionOptions
 
     if (model is None) == (random is None):
         raise ValueError("give exactly one of a model or --random SHAPE")

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .checkpoint import CheckpointError, dims_from_config, read_config
-from .decoding import ARTEFACT_PIECES, CaptionOptions, LogitRules, resolve_prompt_rows, search
+from .decoding import LogitRules, resolve_prompt_rows, rows_per_image, search
 from .hub import DEFAULT_MODEL, resolve
 from .images import DEFAULT_MAX_PIXELS, ImageError, Preprocessor, load_image
+from .options import ARTEFACT_PIECES, CaptionOptions, check_against, checkpoint_defaults, merge
 from .text import TextCodec
 
 
@@ -34,25 +35,9 @@ class Caption:
 
 
 def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
-    """The checkpoint's generation settings (generation_config.json, else config.json) as options."""
-    gen: dict[str, Any] = {}
-    for source in (config.get("text_config") or {}, config):
-        gen.update({k: v for k, v in source.items() if v is not None})
     path = model_dir / "generation_config.json"
-    if path.is_file():
-        gen.update({k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if v is not None})
-    opts: dict[str, Any] = {}
-    for key in ("num_beams", "do_sample", "length_penalty", "early_stopping", "temperature", "top_k", "top_p",
-                "repetition_penalty", "no_repeat_ngram_size", "num_return_sequences"):
-        if key in gen:
-            opts[key] = gen[key]
-    # transformers counts max_length/min_length from [DEC]; we count new tokens after it
-    opts["max_new_tokens"] = gen.get("max_new_tokens") or int(gen.get("max_length") or 20) - 1
-    if gen.get("min_new_tokens"):
-        opts["min_new_tokens"] = gen["min_new_tokens"]
-    elif gen.get("min_length"):
-        opts["min_new_tokens"] = max(0, int(gen["min_length"]) - 1)
-    return CaptionOptions(**opts)
+    generation = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return checkpoint_defaults(config, generation)
 
 
 def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads) -> Any:
@@ -151,21 +136,27 @@ class Captioner:
         while batch := list(itertools.islice(it, max(1, batch_size))):
             yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
 
+    def merged(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> CaptionOptions:
+        """The options caption() uses for these options and overrides (one prompt string at most)."""
+        return self._options(options, dict(overrides or {}), 0)[1]
+
+    def check(self, options: CaptionOptions, *, max_beams: int | None = None,
+              max_new_tokens: int | None = None) -> None:
+        """OptionsError unless merged `options` fit this model (vocabulary, positions) and the caps."""
+        check_against(options, self.backend.dims.text, prompt_len=len(self.codec.prompt_ids(options.prompt)),
+                      max_beams=max_beams, max_new_tokens=max_new_tokens)
+
     # --- internals ---------------------------------------------------------------------------------
 
     def _options(self, options: CaptionOptions | None, overrides: dict, n: int) -> tuple[list, CaptionOptions]:
-        base = options or self.defaults
-        if base.max_new_tokens is None:
-            base = base.replace(max_new_tokens=self.defaults.max_new_tokens)
-        prompt = overrides.pop("prompt", base.prompt)
-        if isinstance(prompt, (list, tuple)):
+        prompt = overrides.get("prompt")
+        if isinstance(prompt, (list, tuple)):  # one prompt per image: the options carry none
             if len(prompt) != n:
                 raise ValueError(f"got {len(prompt)} prompts for {n} images")
-            prompts = list(prompt)
-            prompt = None
-        else:
-            prompts = [prompt] * n
-        return prompts, base.replace(prompt=prompt, **overrides)
+            opts = merge(self.defaults, options, {**overrides, "prompt": None})
+            return list(prompt), opts
+        opts = merge(self.defaults, options, overrides)
+        return [opts.prompt] * n, opts
 
     def _load(self, item: Any) -> Any:
         try:
@@ -184,11 +175,9 @@ class Captioner:
                 banned.add(seq[0])
             else:
                 sequences.append(seq)
-        vocab = self.backend.dims.text.vocab
-        if any(not 0 <= t < vocab for t in banned):
-            raise ValueError(f"suppress_tokens must be ids in [0, {vocab})")
+        check_against(opts, self.backend.dims.text)
         return LogitRules(
-            eos_id=codec.eos_id, pad_id=codec.pad_id, vocab_size=vocab, min_new_tokens=opts.min_new_tokens,
+            eos_id=codec.eos_id, pad_id=codec.pad_id, vocab_size=self.backend.dims.text.vocab, min_new_tokens=opts.min_new_tokens,
             repetition_penalty=opts.repetition_penalty, no_repeat_ngram_size=opts.no_repeat_ngram_size,
             banned_ids=tuple(sorted(banned)), banned_sequences=tuple(sequences),
         )
@@ -200,13 +189,12 @@ class Captioner:
             return out
         pixels = self.preprocessor.batch([loaded[i] for i in good])
         prompt_ids = [self.codec.prompt_ids(prompts[i]) for i in good]
-        group = opts.num_beams if opts.num_beams > 1 else opts.num_return_sequences
+        group = rows_per_image(opts)
         ids, valid = resolve_prompt_rows(prompt_ids, group, self.codec.pad_id)
         memory = self.backend.encode(pixels)
         session, logits = self.backend.start(memory, group, ids, valid, opts.max_new_tokens)
         ops = self.backend.ops
-        results = search(session, logits, ops.asarray(ids), ops.asarray(valid, "bool"), group,
-                         opts.max_new_tokens, opts, self._rules(opts))
+        results = search(session, logits, ops.asarray(ids), ops.asarray(valid, "bool"), opts, self._rules(opts))
         for i, found, pids in zip(good, results, prompt_ids):
             caps = [Caption(self._text(pids, r.tokens, opts.keep_prompt), r.score, r.tokens) for r in found]
             caps[0].alternatives = caps[1:]
