@@ -18,7 +18,10 @@ from .decoding import LogitRules, resolve_prompt_rows, rows_per_image, search
 from .hub import DEFAULT_MODEL, resolve
 from .images import DEFAULT_MAX_PIXELS, ImageError, Preprocessor, load_image
 from .options import ARTEFACT_PIECES, CaptionOptions, check_against, checkpoint_defaults, merge
+from .spec import ModelSpec
 from .text import TextCodec
+
+_DEFAULT_SPEC = ModelSpec()
 
 
 @dataclass
@@ -75,21 +78,33 @@ class Captioner:
         self.max_pixels, self.allow_urls = max_pixels, allow_urls
 
     @classmethod
-    def load(cls, model: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-             backend: str = "auto", revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-             local_files_only: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-             allow_urls: bool = False, providers: Sequence[str] | None = None,
-             threads: int | None = None) -> "Captioner":
+    def load(cls, model: str | os.PathLike | ModelSpec = DEFAULT_MODEL, *, device: str = "auto",
+             dtype: str = "auto", backend: str = "auto", revision: str | None = None,
+             cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+             max_pixels: int | None = DEFAULT_MAX_PIXELS, allow_urls: bool = False,
+             providers: Sequence[str] | None = None, threads: int | None = None) -> "Captioner":
         """Load a short name (large, base), a Hub repo id, a local checkpoint directory, or a
-        directory made by `blipcap export-onnx`.
+        directory made by `blipcap export-onnx`; or what a ModelSpec says (then without the
+        keywords that a ModelSpec holds).
 
         backend: "torch", "onnx", or "auto" (ONNX Runtime for an export directory, else PyTorch).
         providers/threads: ONNX Runtime execution providers and intra-op threads (onnx backend).
         """
-        resolved = resolve(model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        given = dict(device=device, dtype=dtype, backend=backend, revision=revision, cache_dir=cache_dir,
+                     local_files_only=local_files_only, providers=providers, threads=threads)
+        if isinstance(model, ModelSpec):
+            clash = [k for k, v in given.items() if v != getattr(_DEFAULT_SPEC, k)]
+            if clash:
+                raise TypeError(f"Captioner.load(ModelSpec, ...): put {', '.join(clash)} in the ModelSpec")
+            spec = model
+        else:
+            spec = ModelSpec(model, **given)
+        resolved = resolve(spec.model, revision=spec.revision, cache_dir=spec.cache_dir,
+                           local_files_only=spec.local_files_only)
         config = read_config(resolved.path)
         dims = dims_from_config(config)
-        engine = _load_backend(backend, resolved.path, dims, device, dtype, providers, threads)
+        engine = _load_backend(spec.backend, resolved.path, dims, spec.device, spec.dtype, spec.providers,
+                               spec.threads)
         codec = TextCodec.from_dir(resolved.path, dims.bos_id, dims.eos_id, dims.pad_id)
         pre_path = resolved.path / "preprocessor_config.json"
         pre = Preprocessor.from_file(pre_path) if pre_path.is_file() else Preprocessor.from_config({})

@@ -51,11 +51,17 @@ def _options(args: argparse.Namespace):
     return base, parse_overrides(raw, base=base)
 
 
+def _model_spec(args: argparse.Namespace):
+    from .spec import ModelSpec
+
+    return ModelSpec(args.model, revision=args.revision, backend=args.backend, device=args.device, dtype=args.dtype,
+                     threads=args.threads)
+
+
 def _load_captioner(args: argparse.Namespace):
     from .captioner import Captioner
 
-    return Captioner.load(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                          allow_urls=args.allow_urls, backend=args.backend, threads=args.threads)
+    return Captioner.load(_model_spec(args), allow_urls=args.allow_urls)
 
 
 def _sidecar_ext(value: str) -> str:
@@ -129,7 +135,7 @@ def _summarise(args: argparse.Namespace, summary) -> int:
 def _run_ray(args: argparse.Namespace) -> int:
     """caption --engine ray: the Ray Data job (distributed.py) writes Parquet shards to --output DIR."""
     from .jobs.common import Reporter
-    from .jobs.ray_job import ModelSpec, PoolSpec, RayJob
+    from .jobs.ray_job import PoolSpec, RayJob
     from .outputs.atomic import check_writable
 
     local_only = [flag for flag, used in (("--sidecar", args.sidecar is not None), ("--xmp", args.xmp),
@@ -145,11 +151,11 @@ def _run_ray(args: argparse.Namespace) -> int:
     base, over = _options(args)
     if args.errors:
         check_writable(Path(args.errors), "error log")
-    model = ModelSpec(args.model, args.revision, args.backend, args.device, args.dtype, args.threads, base, over,
-                      args.alt_text_max if args.alt_text else None)
+    model = _model_spec(args)
     pool = PoolSpec(args.workers, args.cpus_per_worker or 1.0, args.gpus_per_worker or 0.0, args.batch_size)
-    job = RayJob(args.inputs, args.output, model, pool, files_from=args.files_from, recursive=not args.no_recursive,
-                 reporter=Reporter(args.errors), quiet=args.quiet)
+    job = RayJob(args.inputs, args.output, model, pool, options=base, overrides=over,
+                 alt_text_max=args.alt_text_max if args.alt_text else None, files_from=args.files_from,
+                 recursive=not args.no_recursive, reporter=Reporter(args.errors), quiet=args.quiet)
     return _summarise(args, job.run(address=args.ray_address))
 
 

@@ -34,6 +34,13 @@ class UnknownOptionError(OptionsError, TypeError):
     """An option name CaptionOptions does not have (a TypeError too, as an unexpected keyword is)."""
 
 
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
 @dataclass(frozen=True)
 class CaptionOptions:
     # search: greedy when num_beams == 1 and do_sample is False
@@ -97,7 +104,7 @@ class CaptionOptions:
         # NaN compares false with everything, and inf or a denormal turns the logits into NaN:
         # each float is checked to be finite before its range
         for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
-            if not math.isfinite(getattr(self, name)):
+            if not _finite(getattr(self, name)):
                 refuse(name, f"{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature <= 0:
             refuse("temperature", f"temperature must be > 0, got {self.temperature}")
@@ -206,13 +213,8 @@ def _convert(tp: Any, value: Any) -> tuple[bool, Any]:
         return False, None
     if tp is int:  # a JSON 3.0 is not an integer here (the server has always refused it)
         return isinstance(value, numbers.Integral), int(value) if isinstance(value, numbers.Integral) else None
-    if tp is float:
-        if not isinstance(value, numbers.Real):
-            return False, None
-        try:
-            return True, float(value)
-        except OverflowError:  # an integer beyond float range
-            return True, math.inf
+    if tp is float:  # an int stays an int: options digests of finished jobs must not change
+        return isinstance(value, numbers.Real), value
     if tp is str:
         return isinstance(value, str), value
     raise TypeError(f"CaptionOptions has a field of type {tp!r} that options.py cannot parse")
