@@ -152,8 +152,8 @@ class Captioner:
             yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
 
     def merged(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> CaptionOptions:
-        """The options caption() uses for these options and overrides (one prompt string at most)."""
-        return self._options(options, dict(overrides or {}), 0)[1]
+        """The options caption() uses for these options and overrides (a prompt is one string here)."""
+        return merge(self.defaults, options, overrides)
 
     def check(self, options: CaptionOptions, *, max_beams: int | None = None,
               max_new_tokens: int | None = None) -> None:
