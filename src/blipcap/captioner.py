@@ -192,7 +192,8 @@ class Captioner:
                 sequences.append(seq)
         check_against(opts, self.backend.dims.text)
         return LogitRules(
-            eos_id=codec.eos_id, pad_id=codec.pad_id, vocab_size=self.backend.dims.text.vocab, min_new_tokens=opts.min_new_tokens,
+            eos_id=codec.eos_id, pad_id=codec.pad_id, vocab_size=self.backend.dims.text.vocab,
+            min_new_tokens=opts.min_new_tokens,
             repetition_penalty=opts.repetition_penalty, no_repeat_ngram_size=opts.no_repeat_ngram_size,
             banned_ids=tuple(sorted(banned)), banned_sequences=tuple(sequences),
         )
