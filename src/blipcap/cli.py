@@ -27,31 +27,41 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
 
 
-def _options(args: argparse.Namespace):
-    from .decoding import CaptionOptions
+# caption options as the CLI spells them: (flag's dest, option, value a set flag gives or None: its argument)
+_OPTION_FLAGS = (("beams", "num_beams", None), ("max_new_tokens", "max_new_tokens", None),
+                 ("min_new_tokens", "min_new_tokens", None), ("repetition_penalty", "repetition_penalty", None),
+                 ("temperature", "temperature", None), ("top_p", "top_p", None), ("top_k", "top_k", None),
+                 ("seed", "seed", None), ("prompt", "prompt", None), ("sample", "do_sample", True),
+                 ("keep_prompt", "keep_prompt", True), ("no_artefact_filter", "suppress_artefacts", False))
 
-    over = {}
-    for field, value in (("num_beams", args.beams), ("max_new_tokens", args.max_new_tokens),
-                         ("min_new_tokens", args.min_new_tokens), ("repetition_penalty", args.repetition_penalty),
-                         ("temperature", args.temperature), ("top_p", args.top_p), ("top_k", args.top_k),
-                         ("seed", args.seed), ("prompt", args.prompt)):
-        if value is not None:
-            over[field] = value
-    if args.sample:
-        over["do_sample"] = True
-    if args.keep_prompt:
-        over["keep_prompt"] = True
-    if args.no_artefact_filter:
-        over["suppress_artefacts"] = False
+
+def _options(args: argparse.Namespace):
+    """(preset or None: the checkpoint's defaults, checked overrides); impossible ones fail here,
+    before a model loads."""
+    from .options import CaptionOptions, parse_overrides
+
+    raw = {}
+    for dest, option, flag_value in _OPTION_FLAGS:
+        value = getattr(args, dest)
+        if flag_value is None and value is not None:
+            raw[option] = value
+        elif flag_value is not None and value:
+            raw[option] = flag_value
     base = CaptionOptions.preset(args.preset) if args.preset else None
-    return base, over
+    return base, parse_overrides(raw, base=base)
+
+
+def _model_spec(args: argparse.Namespace):
+    from .spec import ModelSpec
+
+    return ModelSpec(args.model, revision=args.revision, backend=args.backend, device=args.device, dtype=args.dtype,
+                     threads=args.threads)
 
 
 def _load_captioner(args: argparse.Namespace):
     from .captioner import Captioner
 
-    return Captioner.load(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                          allow_urls=args.allow_urls, backend=args.backend, threads=args.threads)
+    return Captioner.load(_model_spec(args), allow_urls=args.allow_urls)
 
 
 def _sidecar_ext(value: str) -> str:
@@ -83,14 +93,12 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     """Discover, check every destination, load the model, run the bulk job, summarise."""
     from .jobs.common import Reporter, StopRequest
     from .jobs.local import BulkJob
-    from .decoding import CaptionOptions
     from .jobs.discover import find_images
     from .jobs.progress import Progress
     from .outputs.atomic import check_writable
     from .outputs.sinks import PrintSink
 
     base, over = _options(args)
-    (base or CaptionOptions()).replace(**over)  # impossible combinations fail before the model loads
     if args.errors:
         check_writable(Path(args.errors), "error log")
         excluded.append(args.errors)
@@ -127,8 +135,7 @@ def _summarise(args: argparse.Namespace, summary) -> int:
 def _run_ray(args: argparse.Namespace) -> int:
     """caption --engine ray: the Ray Data job (distributed.py) writes Parquet shards to --output DIR."""
     from .jobs.common import Reporter
-    from .decoding import CaptionOptions
-    from .jobs.ray_job import ModelSpec, PoolSpec, RayJob
+    from .jobs.ray_job import PoolSpec, RayJob
     from .outputs.atomic import check_writable
 
     local_only = [flag for flag, used in (("--sidecar", args.sidecar is not None), ("--xmp", args.xmp),
@@ -142,14 +149,13 @@ def _run_ray(args: argparse.Namespace) -> int:
     if not args.inputs and args.files_from is None:
         raise ValueError("nothing to caption: give folders, images, URIs (s3://...) or --files-from LIST")
     base, over = _options(args)
-    (base or CaptionOptions()).replace(**over)  # impossible combinations fail before Ray starts
     if args.errors:
         check_writable(Path(args.errors), "error log")
-    model = ModelSpec(args.model, args.revision, args.backend, args.device, args.dtype, args.threads, base, over,
-                      args.alt_text_max if args.alt_text else None)
+    model = _model_spec(args)
     pool = PoolSpec(args.workers, args.cpus_per_worker or 1.0, args.gpus_per_worker or 0.0, args.batch_size)
-    job = RayJob(args.inputs, args.output, model, pool, files_from=args.files_from, recursive=not args.no_recursive,
-                 reporter=Reporter(args.errors), quiet=args.quiet)
+    job = RayJob(args.inputs, args.output, model, pool, options=base, overrides=over,
+                 alt_text_max=args.alt_text_max if args.alt_text else None, files_from=args.files_from,
+                 recursive=not args.no_recursive, reporter=Reporter(args.errors), quiet=args.quiet)
     return _summarise(args, job.run(address=args.ray_address))
 
 

@@ -101,7 +101,7 @@ def test_every_output_round_trips(cap, tmp_path):
     summary, failures = run(cap, paths, all_sinks(tmp_path, folder), batch_size=4)
     assert (summary.captioned, summary.failed, summary.skipped) == (14, 0, 0) and not failures.lines
 
-    digest = options_digest(cap._options(None, {}, 0)[1])
+    digest = options_digest(cap.merged())
     rows = {"jsonl": read_jsonl(tmp_path / "out.jsonl"), "csv": read_csv(tmp_path / "out.csv"),
             "parquet": pq.read_table(tmp_path / "out.parquet").to_pylist()}
     for fmt, table in rows.items():
@@ -289,7 +289,7 @@ def test_alt_text_mode_writes_alt_text_everywhere(cap, tmp_path):
         assert Path(path).with_suffix(".txt").read_text().strip() == alt
         assert xmp_values(Path(path).with_suffix(".xmp")) == (alt, alt)
     digests = {r["options_digest"] for r in read_jsonl(tmp_path / "o.jsonl")}
-    assert digests == {options_digest(cap._options(None, {}, 0)[1], 20)}
+    assert digests == {options_digest(cap.merged(), 20)}
 
 
 def test_destinations_are_checked_before_any_model_work(cap, tmp_path):

@@ -292,6 +292,29 @@ def test_options_are_validated(cap):
     run(scenario())
 
 
+def test_non_finite_and_out_of_range_options_are_422_not_500(cap):
+    # issue 13, item 3: each of these answered 500
+    async def scenario():
+        async with serving(cap) as c:
+            image = b64(encode(RED))
+            for options, words in [
+                ({"temperature": float("nan"), "do_sample": True}, "temperature must be a finite number"),
+                ({"repetition_penalty": float("inf")}, "repetition_penalty must be a finite number"),
+                ({"top_p": 1e-300, "do_sample": True}, "top_p must be at least"),
+                ({"temperature": 1e-300, "do_sample": True}, "temperature must be at least"),
+                ({"seed": 2**64, "do_sample": True}, "seed must be in"),
+            ]:
+                body = json.dumps({"images": [image], "options": options}).encode()  # NaN as JSON's NaN token
+                r = await c.post("/v1/caption", content=body, headers={"content-type": "application/json"})
+                assert r.status_code == 422 and words in r.json()["error"], (options, r.text)
+            for parameters in ("ab", 5, [1]):
+                r = await c.post("/v1/caption", json={"inputs": image, "parameters": parameters})
+                assert r.status_code == 422 and "parameters" in r.json()["error"], (parameters, r.text)
+            r = await c.post("/v1/caption", json={"images": [image], "options": {"max_new_tokens": None}})
+            assert r.status_code == 200  # null: the checkpoint's budget
+    run(scenario())
+
+
 def test_api_key(cap):
     async def scenario():
         async with serving(cap, api_key="s3cret") as c:

@@ -79,6 +79,14 @@ def test_impossible_options_are_a_usage_error_before_loading(folder):
     assert r.returncode == 2 and "num_beams" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("flags", [("--repetition-penalty", "nan"), ("--sample", "--temperature", "nan"),
+                                   ("--top-p", "inf"), ("--seed", str(2**64))])
+def test_non_finite_or_huge_options_are_a_usage_error(random_ckpt, folder, flags):
+    # issue 13, item 7: NaN captions with exit 0, or a traceback
+    r = run("caption", str(folder / "a.png"), "--model", str(random_ckpt), *flags)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_unknown_flag_is_a_usage_error(folder):
     assert run("caption", str(folder), "--bogus").returncode == 2
 

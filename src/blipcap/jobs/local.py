@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from ..decoding import CaptionOptions
+from ..options import CaptionOptions
 from ..images import ImageError, UnreadableImageError, load_image
 from ..outputs.records import Record, Sink
 from ..uris import is_http_url
