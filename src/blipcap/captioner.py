@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from .checkpoint import CheckpointError, dims_from_config, read_config
 from .decoding import LogitRules, resolve_prompt_rows, rows_per_image, search
 from .hub import DEFAULT_MODEL, resolve
-from .images import DEFAULT_MAX_PIXELS, ImageError, Preprocessor, load_image
+from .images import DEFAULT_MAX_PIXELS, Decoded, ImageError, Preprocessor, load_image
 from .options import ARTEFACT_PIECES, CaptionOptions, check_against, checkpoint_defaults, merge
 from .spec import ModelSpec
 from .text import TextCodec
@@ -174,6 +174,8 @@ class Captioner:
         return [opts.prompt] * n, opts
 
     def _load(self, item: Any) -> Any:
+        if isinstance(item, Decoded):
+            return item  # model-ready (images.Decoder): loading it again would copy and re-check it
         try:
             return load_image(item, max_pixels=self.max_pixels, allow_urls=self.allow_urls)
         except ImageError as exc:

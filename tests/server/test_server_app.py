@@ -21,7 +21,7 @@ import httpx  # noqa: E402
 
 from blipcap import Captioner  # noqa: E402
 from blipcap.server import ServerConfig, create_app  # noqa: E402
-from blipcap.server.urls import UrlFetcher  # noqa: E402
+from blipcap.images import UrlFetcher  # noqa: E402
 from tests.helpers.shapes import caption_for, make_image  # noqa: E402
 
 RED, BLUE, GREEN = ("red", "circle", "left"), ("blue", "square", "top"), ("green", "triangle", "right")

@@ -5,7 +5,7 @@
       -> ray.data.read_binary_files(include_paths=True): each file's bytes, read by Ray tasks
       -> map_batches(CaptionWorker, ActorPoolStrategy): each actor loads the model once; per batch it
          hashes the bytes, drops files the output already holds captioned with the same sha256,
-         decodes the rest as the folder job does (bulk.decode_bytes: EXIF, draft JPEGs, the
+         decodes the rest as the folder job does (images.Decoder: EXIF, draft JPEGs, the
          preprocessor's resize; a bad file becomes an error row) and captions them in one call
       -> shards: one Parquet file per write task, written under a hidden name and renamed, with the
          columns of the local ``--output x.parquet`` (sinks.COLUMNS)

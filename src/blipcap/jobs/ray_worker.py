@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..images import Decoder
 from ..options import CaptionOptions
 from ..outputs.records import Record, records_table
 from ..outputs.shards import ShardFolder, write_shard
 from ..spec import ModelSpec
 from .common import failure_text, final_text, resolve_options, result_error
-from .local import decode_bytes
 
 
 def require_ray():
@@ -79,8 +79,7 @@ class CaptionWorker:
         self.spec, self.done = spec, done
         self.cap = Captioner.load(replace(spec.model, threads=spec.model.threads or spec.decode_threads))
         self.options, self.digest = resolve_options(self.cap, spec.options, spec.overrides, spec.alt_text_max)
-        pre = self.cap.preprocessor
-        self._decode_args = (pre.size, pre.resample, pre.do_resize, self.cap.max_pixels)
+        self.decoder = Decoder.of(self.cap.preprocessor, self.cap.max_pixels)
         self.pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="blipcap-decode")
 
     def __call__(self, batch):
@@ -89,9 +88,9 @@ class CaptionWorker:
         blobs = batch.column("bytes").to_pylist()
         shas = list(self.pool.map(lambda b: hashlib.sha256(b).hexdigest(), blobs))  # hashlib frees the GIL
         todo = [i for i, hit in enumerate(self._done(paths, shas)) if not hit]
-        decoded = dict(zip(todo, self.pool.map(self._decode, [blobs[i] for i in todo])))  # image, w, h | error
+        decoded = dict(zip(todo, self.pool.map(self._decode, [blobs[i] for i in todo], [shas[i] for i in todo])))
         ready = [i for i in todo if not isinstance(decoded[i], str)]
-        results = self.cap.caption([decoded[i][0] for i in ready], self.options, errors="return",
+        results = self.cap.caption([decoded[i] for i in ready], self.options, errors="return",
                                    batch_size=max(1, len(ready))) if ready else []
         results = dict(zip(ready, results))
         records = []
@@ -99,7 +98,7 @@ class CaptionWorker:
             caption = score = width = height = None
             error = decoded[i] if isinstance(decoded[i], str) else None
             if i in results:
-                _, width, height = decoded[i]
+                width, height = decoded[i].width, decoded[i].height
                 if results[i].ok:
                     caption, score = final_text(results[i].text, self.spec.alt_text_max), results[i].score
                 else:  # cannot happen for decoded images; recorded if it ever does
@@ -115,8 +114,9 @@ class CaptionWorker:
         at = np.minimum(np.searchsorted(self.done, keys), len(self.done) - 1)
         return self.done[at] == keys
 
-    def _decode(self, data: bytes):
+    def _decode(self, data: bytes, sha256: str):
+        """A file's bytes -> a model-ready Decoded, or its failure text."""
         try:
-            return decode_bytes(data, *self._decode_args)
+            return self.decoder.bytes(data, sha256=sha256)
         except Exception as e:  # one bad file never stops the job
             return failure_text(e)

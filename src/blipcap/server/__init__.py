@@ -5,9 +5,9 @@
     app = create_app(Captioner.load("large"), ServerConfig(max_batch_size=16))
 
 Modules: `config` (the limits), `app` (routes and request handling), `batcher` (the dynamic
-micro-batcher and the model thread), `inputs` (request bodies -> images and options), `urls`
-(SSRF-safe URL fetching), `metrics` (Prometheus text), `run` (uvicorn with graceful shutdown),
-`static/` (the web page).
+micro-batcher and the model thread), `inputs` (request bodies -> images and options; decoding and
+SSRF-safe URL fetching are `blipcap.images`'), `metrics` (Prometheus text), `run` (uvicorn with
+graceful shutdown), `static/` (the web page).
 """
 
 from __future__ import annotations

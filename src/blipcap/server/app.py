@@ -26,13 +26,12 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
-from ..images import ImageError
+from ..images import Decoder, ImageError, UrlFetcher
 from .batcher import Batcher, QueueFull
 from .config import ServerConfig
 from .inputs import ApiError, Upload, decode, from_form, from_json, is_image, parse_options
 from .metrics import Metrics
 from .schemas import CAPTION_REQUEST_BODY, CAPTION_RESPONSES
-from .urls import UrlFetcher
 
 STATIC = Path(__file__).parent / "static"
 ROUTES = ("/", "/v1/caption", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
@@ -47,6 +46,7 @@ class Service:
         if config.allow_urls and fetcher is None:
             fetcher = UrlFetcher(max_bytes=config.max_url_bytes, timeout_s=config.url_timeout_s)
         self.fetcher = fetcher if config.allow_urls else None
+        self.images = Decoder.of(captioner.preprocessor, config.max_pixels, self.fetcher)
         self.ready = False
         self.draining = False
         self.batcher: Batcher | None = None
@@ -126,7 +126,7 @@ class Service:
         try:
             loop = asyncio.get_running_loop()
             decoded = await asyncio.gather(*(
-                loop.run_in_executor(self.decoder, _decode, u, cfg.max_pixels, cap.preprocessor, self.fetcher)
+                loop.run_in_executor(self.decoder, decode, u, self.images)
                 for u in uploads))
             good = [image for image in decoded if is_image(image)]
             futures = self.batcher.submit(reservation, good, [prompt] * len(good), options, key) if good else []
@@ -159,10 +159,6 @@ class Service:
         if ctype == "application/json":
             return from_json(body)
         return [Upload("body", data=body)], {}  # a raw image, as the Hugging Face Inference API takes
-
-
-def _decode(upload: Upload, max_pixels, preprocessor, fetcher):
-    return decode(upload, max_pixels=max_pixels, preprocessor=preprocessor, fetcher=fetcher)
 
 
 def _entry(caption: Any) -> dict:

@@ -15,12 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
+from ..images import Decoded, Decoder, ImageError, UnreadableImageError
 from ..options import CaptionOptions, OptionsError
-from ..jobs.local import decode_bytes
-from ..images import ImageError, UnreadableImageError
-from .urls import UrlFetcher
 
 
 class ApiError(Exception):
@@ -141,21 +137,18 @@ def parse_options(raw: dict, captioner: Any, max_beams: int, max_new_tokens: int
 
 # --- decoding (runs on the decode threads) ----------------------------------------------------------
 
-def decode(upload: Upload, *, max_pixels: int | None, preprocessor: Any, fetcher: UrlFetcher | None):
-    """One upload -> an RGB image already at the model's input size (so a queued image costs
+def decode(upload: Upload, decoder: Decoder) -> Decoded | ImageError:
+    """One upload -> a model-ready image (already at the model's input size, so a queued image costs
     ~0.5 MB however large it came), or the ImageError that names it."""
     try:
         if upload.error is not None:
             return upload.error
-        data = upload.data
         if upload.url is not None:
-            if fetcher is None:
-                raise UnreadableImageError(upload.label, "URL inputs are off on this server (start it with --allow-urls)")
-            data = fetcher.fetch(upload.url)
-        # the folder job's decoding: a large JPEG decoded at reduced scale, then exactly the
-        # preprocessor's resize; upright, without the orientation tag it applied
-        image, _, _ = decode_bytes(data, preprocessor.size, preprocessor.resample, preprocessor.do_resize, max_pixels)
-        return image
+            if decoder.fetcher is None:
+                reason = "URL inputs are off on this server (start it with --allow-urls)"
+                raise UnreadableImageError(upload.label, reason)
+            return decoder.url(upload.url)
+        return decoder.bytes(upload.data)
     except ImageError as e:
         return type(e)(upload.label, e.reason)
     except Exception as e:  # a decoder bug must not take the request down with a 500
@@ -163,4 +156,4 @@ def decode(upload: Upload, *, max_pixels: int | None, preprocessor: Any, fetcher
 
 
 def is_image(x: Any) -> bool:
-    return isinstance(x, Image.Image)
+    return isinstance(x, Decoded)
