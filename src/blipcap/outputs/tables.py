@@ -32,13 +32,14 @@ class _Table(Sink):
     what = "output"
     wants_errors = True
 
-    def __init__(self, path: str | os.PathLike, existing: str = "skip"):
+    def __init__(self, path: str | os.PathLike, existing: str = "skip", *, lock: bool = True):
         self.path, self.existing = Path(path), check_mode(existing)
         self._last: dict[str, str | None] = {}  # key -> error of its last row (None: captioned)
         self._stale = False  # some row is superseded by a later one for the same key
         self._file: io.TextIOBase | None = None
         check_writable(self.path, self.what)
-        self._lock = lock_output(self.path, self.what)  # before reading it: a second job is refused
+        # before reading it: a second job is refused (a Parquet output's journal is covered by its table's lock)
+        self._lock = lock_output(self.path, self.what) if lock else None
         if self.path.is_file() and self.path.stat().st_size:
             self._check_ours()  # before any repair: never cut someone else's file
             self._repair_tail()
@@ -115,7 +116,8 @@ class _Table(Sink):
             self._discard()
             raise SinkError(f"cannot write {self.what} {self.path}: {e.strerror or e}") from e
         finally:
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
 
     def _discard(self) -> None:
         """Drop the file after a failed write: what is still buffered cannot be written either (a torn
@@ -310,7 +312,7 @@ class ParquetSink(Sink):
         self.path, self.existing = Path(path), check_mode(existing)
         check_writable(self.path, "output")
         self._lock = lock_output(self.path, "output")
-        self.journal = JsonlSink(self.path.with_name(f".{self.path.name}.partial.jsonl"), "append")
+        self.journal = JsonlSink(self.path.with_name(f".{self.path.name}.partial.jsonl"), "append", lock=False)
         self._old = self._read_old()
         self._last: dict[str, str | None] = {}
         for path_, error in zip(self._old.column("path").to_pylist(), self._old.column("error").to_pylist()):
