@@ -351,10 +351,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
+    if args.allow_edits and args.index is None:
+        raise ValueError("--allow-edits edits the captions of an index: give --index [DB] too")
+    index_db = str(_db_path(args.index)) if args.index is not None else None
     config = ServerConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                           max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
-                          api_key=api_key, allow_urls=args.serve_allow_urls)
-    cap = _load_captioner(args)  # with allow_urls=False: the server fetches URLs itself, checked
+                          api_key=api_key, allow_urls=args.serve_allow_urls, index_db=index_db,
+                          allow_edits=args.allow_edits)
+    if args.model is None and index_db is None:
+        args.model = "large"
+    # --index without --model: search only, no model loaded
+    cap = _load_captioner(args) if args.model is not None else None  # allow_urls=False: the server fetches
     from .server.run import serve
 
     serve(cap, config, host=args.host, port=args.port, log_level=args.log_level)
@@ -380,7 +387,13 @@ def _add_serve_parser(sub) -> None:
     g.add_argument("--allow-urls", dest="serve_allow_urls", action="store_true",
                    help="fetch http(s) image URLs given in JSON bodies (public addresses only)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(func=cmd_serve, allow_urls=False)
+    g = p.add_argument_group("search the index in the browser (/search)")
+    g.add_argument("--index", nargs="?", const="", metavar="DB",
+                   help="serve a search page and /v1/search over this index (default: the one `blipcap search` "
+                        "uses); without --model, no model is loaded and the server only searches")
+    g.add_argument("--allow-edits", action="store_true",
+                   help="let the page correct captions (PUT /v1/captions/{id}); caption runs keep such edits")
+    p.set_defaults(func=cmd_serve, allow_urls=False, model=None)  # model None: "large", unless --index alone
 
 
 def build_parser() -> argparse.ArgumentParser:
