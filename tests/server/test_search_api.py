@@ -290,3 +290,48 @@ def test_an_edit_is_searchable_and_caption_runs_keep_it(library):
         sink.write([Record(path, None, None, None, None, None, "tiny", None, "d", "NotAnImageError: x")])
         assert [h.caption for h in sink.index.search("scarlet")] == ["a scarlet ball on the left"]
         sink.close()
+
+
+def test_blipcap_serve_index_with_and_without_a_model(library, tiny_fixture):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from tests.helpers.folders import run_cli
+    from .test_server_e2e import free_port
+
+    tmp_path, _, ids = library
+    db = str(tmp_path / "index.db")
+    r = run_cli("serve", "--index", str(tmp_path / "missing.db"))
+    assert r.returncode == 1 and "no search index at" in r.stderr
+    r = run_cli("serve", "--allow-edits")
+    assert r.returncode == 2 and "--index" in r.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
+    for model in ([], ["--model", str(tiny_fixture), "--device", "cpu"]):
+        port = free_port()
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("blipcap")), "serve", "--index", db, "--port",
+                                 str(port), "--log-level", "warning", *model], env=env, stdin=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, "blipcap serve did not start"
+                try:
+                    ready = httpx.get(f"{base}/readyz", timeout=2)
+                    if ready.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            assert ready.json()["index"] == db and (ready.json()["model"] is None) == (not model)
+            assert httpx.get(f"{base}/v1/search", params={"q": "red"}).json()["results"]
+            assert httpx.get(f"{base}/v1/thumbnail/{ids['red-circle.png']}").status_code == 200
+            status = httpx.post(f"{base}/v1/caption", content=b"x", headers={"content-type": "image/png"}).status_code
+            assert status == (422 if model else 404)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert list((tmp_path / "xdg-cache" / "blipcap" / "thumbnails").glob("*/*.jpg"))  # the user cache folder

@@ -55,6 +55,7 @@ function addResult(hit) {
   img.width = 320;
   img.height = 240;
   li.querySelector(".snippet").innerHTML = hit.snippet; // escaped by the server; only <mark> is markup
+  li.querySelector(".name").textContent = hit.path.split(/[\\/]/).pop();
   li.querySelector(".open").addEventListener("click", (e) => show(hit, e.currentTarget));
   grid.append(li);
   picture(img, hit.thumbnail);
