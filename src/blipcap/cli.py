@@ -372,7 +372,8 @@ def _add_serve_parser(sub) -> None:
     from .images import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("serve", help="run the HTTP captioning service (needs the serve extra)",
-                       description="POST /v1/caption, a web page at /, /healthz, /readyz, /metrics, /docs.")
+                       description="POST /v1/caption, a web page at /, /healthz, /readyz, /metrics, /docs; "
+                                   "with --index, a search page at /search, /v1/search and /v1/thumbnail/{id}.")
     _add_model_args(p)
     g = p.add_argument_group("service")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -101,6 +101,7 @@ def test_pages(library):
         assert len(first["results"]) == 1 and first["next_offset"] == 1
         second = c.get("/v1/search?q=circle&limit=1&offset=1").json()
         assert len(second["results"]) == 1 and second["results"][0]["id"] != first["results"][0]["id"]
+        assert second["next_offset"] is None  # the two circles: no third page
         past = c.get("/v1/search?q=circle&limit=1&offset=5").json()
         assert past["results"] == [] and past["next_offset"] is None  # not the any-word fallback
 
@@ -214,12 +215,17 @@ def test_a_link_indexed_as_a_link_is_served_and_rows_of_schema_1_are_checked_by_
         assert r.status_code == 403 and r.json()["error_type"] == "file_replaced"
 
 
-def test_a_file_that_is_no_longer_an_image_is_422_json(library):
+def test_a_file_that_is_no_longer_an_image_or_a_bomb_is_422_json(library):
+    from tests.helpers.folders import png_header_only
+
     tmp_path, paths, ids = library
     paths[SPECS[0]].write_bytes(b"not an image any more")
-    with client(tmp_path) as c:
+    paths[SPECS[1]].write_bytes(png_header_only(20_000, 20_000))
+    with client(tmp_path, max_pixels=50_000_000) as c:
         r = c.get(f"/v1/thumbnail/{ids['red-circle.png']}")
         assert r.status_code == 422 and r.json()["error_type"] == "NotAnImageError"
+        r = c.get(f"/v1/thumbnail/{ids['red-square.png']}")  # refused from its header, before decoding
+        assert r.status_code == 422 and r.json()["error_type"] == "ImageTooLargeError"
 
 
 def test_the_api_key_guards_search_thumbnails_and_edits_but_not_the_page(library):

@@ -7,7 +7,7 @@
 Modules: `config` (the limits), `app` (routes and request handling), `batcher` (the dynamic
 micro-batcher and the model thread), `inputs` (request bodies -> images and options), `urls`
 (SSRF-safe URL fetching), `metrics` (Prometheus text), `run` (uvicorn with graceful shutdown),
-`static/` (the web page).
+`static/` (the web pages), `search/` (`serve --index`: search, thumbnails, caption edits).
 """
 
 from __future__ import annotations

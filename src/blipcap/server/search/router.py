@@ -33,9 +33,9 @@ def search_router(service: SearchService, auth: Callable[..., Any]) -> APIRouter
     def search(q: str = Query("", description="any text: its words are searched for, as `blipcap search` does"),
                limit: str | None = Query(None, description="results per page, 1..100 (default 20)"),
                offset: str | None = Query(None, description="results to skip (pages)")):
-        """{"query", "offset", "limit", "next_offset", "editable" (--allow-edits), "results": [{"id", "path", "caption", "snippet"
-        (HTML: escaped text, matched words in <mark>), "rank" (bm25, lower is better), "width",
-        "height", "thumbnail", "image" (URLs)}]}, best match first."""
+        """{"query", "offset", "limit", "next_offset" (null on the last page), "editable" (--allow-edits),
+        "results": [{"id", "path", "caption", "snippet" (HTML: escaped text, matched words in <mark>),
+        "rank" (bm25, lower is better), "width", "height", "thumbnail", "image" (URLs)}]}, best first."""
         return _answer(lambda: service.search(q, limit, offset))
 
     @router.get("/v1/thumbnail/{id}", dependencies=key, summary="A thumbnail of an indexed image",

@@ -37,7 +37,7 @@ class SearchService:
 
     def __init__(self, db: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                  max_pixels: int | None = None, allow_edits: bool = False):
-        self.db = Path(db)
+        self.db = Path(os.path.abspath(db))
         Index(self.db, create=False).close()  # a missing or foreign file fails at startup; schema 1 migrates
         self.thumbnails = Thumbnails(cache_dir or default_cache_dir(), max_pixels=max_pixels)
         self.allow_edits = allow_edits
@@ -53,15 +53,17 @@ class SearchService:
         n = _bounded_int("limit", limit, 20, 1, MAX_LIMIT)
         skip = _bounded_int("offset", offset, 0, 0, MAX_OFFSET)
         try:
-            hits = self._index().search(q, limit=n, offset=skip, highlight=(_OPEN, _CLOSE))
+            # one more than asked for: whether there is a next page
+            hits = self._index().search(q, limit=n + 1, offset=skip, highlight=(_OPEN, _CLOSE))
         except ValueError:  # no words in it: any text is a valid query, this one finds nothing
             hits = []
+        more, hits = len(hits) > n, hits[:n]
         results = [{"id": h.id, "path": h.path, "caption": h.caption, "snippet": highlighted(h.snippet),
                     "rank": h.rank, "width": h.width, "height": h.height,
                     "thumbnail": f"/v1/thumbnail/{h.id}", "image": f"/v1/thumbnail/{h.id}?size=large"}
                    for h in hits]
         return {"query": q, "offset": skip, "limit": n, "results": results,
-                "next_offset": skip + n if len(hits) == n else None, "editable": self.allow_edits}
+                "next_offset": skip + n if more else None, "editable": self.allow_edits}
 
     def thumbnail(self, id: str, size: str | None, if_none_match: str | None) -> Thumbnail:
         size = size or "small"
