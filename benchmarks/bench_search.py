@@ -9,8 +9,8 @@ from word lists: no model, no files behind them) plus `--photos` generated 4000x
 colour fields with grain, ~2-4 MB each, EXIF orientation on every other one), starts `blipcap serve
 --index` on a free 127.0.0.1 port with its thumbnail cache in the temp dir, and then:
   * search: `--searches` GET /v1/search (limit 24) one at a time over a keep-alive connection,
-    cycling through queries of one common word, two or three words, a rare word and words no caption
-    has all of (the any-word fallback); p50/p99 per kind and overall;
+    cycling through queries of one common word, two or three words, a rare word, words no caption
+    has all of (the any-word fallback) and "a" (in every caption); p50/p99 per kind and overall;
   * thumbnails: GET /v1/thumbnail/{id} of every photo with an empty cache, from `--clients`
     concurrent clients (thumbnails/s), then again from the cache, then 304s with If-None-Match.
 """
@@ -51,6 +51,7 @@ QUERIES = {
     "two or three words": ["brown dog beach", "red car street", "cat sitting window", "old clock building"],
     "rare word": ["xylophone", "giraffe lake", "striped umbrella snow"],
     "no caption has all": ["purple dog piano", "zebra on a beach", "dog astronaut"],
+    "every caption (\"a\")": ["a"],  # the worst case: bm25 ranks all 100,000 rows
 }
 
 

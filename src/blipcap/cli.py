@@ -360,8 +360,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           allow_edits=args.allow_edits)
     if args.model is None and index_db is None:
         args.model = "large"
-    # --index without --model: search only, no model loaded
-    cap = _load_captioner(args) if args.model is not None else None  # allow_urls=False: the server fetches
+    cap = None  # --index without --model: search only, no model loaded
+    if args.model is not None:
+        cap = _load_captioner(args)  # with allow_urls=False: the server fetches URLs itself, checked
     from .server.run import serve
 
     serve(cap, config, host=args.host, port=args.port, log_level=args.log_level)
