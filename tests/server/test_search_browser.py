@@ -158,3 +158,23 @@ def test_edits_from_the_page(browser, tiny_fixture, tmp_path):  # noqa: F811
     assert r.returncode == 0 and "1 skipped" in r.stderr, r.stderr
     assert "scarlet" in run_cli("search", "scarlet", "--db", str(db)).stdout
     assert os.path.exists(db)
+
+
+def test_beside_a_model_the_two_pages_link_to_each_other(browser, library, tiny_fixture):  # noqa: F811
+    from blipcap import Captioner
+
+    root, db = library
+    cap = Captioner.load(tiny_fixture, device="cpu")
+    with serve_in_thread(cap, index_db=str(db), thumbnail_cache=str(root / "cache")) as url:
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(url)
+        expect(page).to_have_title("blipcap: image captions")
+        page.get_by_role("link", name="Search the indexed images").click()
+        expect(page).to_have_title("blipcap: search your images")
+        search(page, "blue")
+        expect(page.locator(".result")).not_to_have_count(0)
+        page.get_by_role("link", name="Caption new images").click()
+        expect(page).to_have_title("blipcap: image captions")
+        context.close()
