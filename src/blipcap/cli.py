@@ -365,11 +365,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
+    if args.allow_edits and args.index is None:
+        raise ValueError("--allow-edits edits the captions of an index: give --index [DB] too")
+    index_db = str(_db_path(args.index)) if args.index is not None else None
     config = ServerConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                           max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
                           api_key=api_key, allow_urls=args.serve_allow_urls, header_timeout_s=args.header_timeout_s,
-                          keep_alive_s=args.keep_alive_s, max_connections=args.max_connections)
-    cap = _load_captioner(args)  # with allow_urls=False: the server fetches URLs itself, checked
+                          keep_alive_s=args.keep_alive_s, max_connections=args.max_connections, index_db=index_db,
+                          allow_edits=args.allow_edits)
+    if args.model is None and index_db is None:
+        args.model = "large"
+    cap = None  # --index without --model: search only, no model loaded
+    if args.model is not None:
+        cap = _load_captioner(args)  # with allow_urls=False: the server fetches URLs itself, checked
     from .server.run import serve
 
     serve(cap, config, host=args.host, port=args.port, log_level=args.log_level)
@@ -380,7 +388,8 @@ def _add_serve_parser(sub) -> None:
     from .images import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("serve", help="run the HTTP captioning service (needs the serve extra)",
-                       description="POST /v1/caption, a web page at /, /healthz, /readyz, /metrics, /docs.")
+                       description="POST /v1/caption, a web page at /, /healthz, /readyz, /metrics, /docs; "
+                                   "with --index, a search page at /search, /v1/search and /v1/thumbnail/{id}.")
     _add_model_args(p)
     g = p.add_argument_group("service")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -400,7 +409,13 @@ def _add_serve_parser(sub) -> None:
     g.add_argument("--allow-urls", dest="serve_allow_urls", action="store_true",
                    help="fetch http(s) image URLs given in JSON bodies (public addresses only)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(func=cmd_serve, allow_urls=False)
+    g = p.add_argument_group("search the index in the browser (/search)")
+    g.add_argument("--index", nargs="?", const="", metavar="DB",
+                   help="serve a search page and /v1/search over this index (default: the one `blipcap search` "
+                        "uses); without --model, no model is loaded and the server only searches")
+    g.add_argument("--allow-edits", action="store_true",
+                   help="let the page correct captions (PUT /v1/captions/{id}); caption runs keep such edits")
+    p.set_defaults(func=cmd_serve, allow_urls=False, model=None)  # model None: "large", unless --index alone
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from blipcap.outputs.index import Index, IndexSink, default_db_path, fts_query
+from blipcap.outputs.index import Index, IndexSink, default_cache_dir, default_db_path, fts_query
 from blipcap.outputs.records import Record, SinkError
 
 CAPTIONS = {
@@ -162,3 +162,73 @@ def test_default_database_is_in_the_user_data_folder(monkeypatch, tmp_path):
 def test_indexed_at_is_recorded(index):
     (stamp,) = index.db.execute("SELECT max(indexed_at) FROM images").fetchone()
     assert abs(stamp - time.time()) < 60
+
+
+def test_a_row_keeps_its_id_when_captioned_again(index, tmp_path):
+    (before,) = index.db.execute("SELECT id FROM images WHERE path = ?", (str(tmp_path / "cat.jpg"),)).fetchone()
+    index.put([rec(tmp_path / "cat.jpg", "a cat asleep on a sofa")])
+    (hit,) = index.search("asleep")
+    assert hit.id == before and (hit.width, hit.height) == (10, 10)
+    assert index.entry(before).caption == "a cat asleep on a sofa" and index.entry(10_000) is None
+
+
+def test_pages_of_results(index):
+    everything = [h.path for h in index.search("a", limit=10)]
+    assert [h.path for h in index.search("a", limit=2, offset=1)] == everything[1:3]
+    assert index.search("dog", offset=5) == []  # past the end, not the any-word fallback
+    with pytest.raises(ValueError, match="offset"):
+        index.search("dog", offset=-1)
+
+
+SCHEMA_1 = """
+CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, caption TEXT NOT NULL, score REAL,
+    sha256 TEXT, width INTEGER, height INTEGER, size INTEGER, mtime_ns INTEGER, model_id TEXT, revision TEXT,
+    options_digest TEXT, indexed_at REAL);
+CREATE VIRTUAL TABLE captions USING fts5(caption, content='images', content_rowid='id', tokenize='porter unicode61');
+CREATE TRIGGER images_ai AFTER INSERT ON images BEGIN
+    INSERT INTO captions(rowid, caption) VALUES (new.id, new.caption);
+END;
+CREATE TRIGGER images_au AFTER UPDATE ON images BEGIN
+    INSERT INTO captions(captions, rowid, caption) VALUES ('delete', old.id, old.caption);
+    INSERT INTO captions(rowid, caption) VALUES (new.id, new.caption);
+END;
+INSERT INTO images (id, path, caption, size, mtime_ns) VALUES (7, '/photos/a.jpg', 'a dog on a beach', 1, 2);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_index_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.executescript(SCHEMA_1)
+    index = Index(tmp_path / "old.db", create=False)
+    assert index.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    (hit,) = index.search("beach")
+    assert (hit.id, hit.path) == (7, "/photos/a.jpg")
+    entry = index.entry(7)
+    assert entry.real_path is None and entry.edited_at is None
+    assert index.edit(7, "a dog on the sand") and index.edited("/photos/a.jpg")
+    assert [h.id for h in index.search("sand")] == [7]
+    index.close()
+    assert Index(tmp_path / "old.db", create=False).entry(7).caption == "a dog on the sand"  # opened again: as is
+
+
+def test_an_edited_caption_outlives_caption_runs(index, tmp_path):
+    (row,) = index.db.execute("SELECT id FROM images WHERE path = ?", (str(tmp_path / "cat.jpg"),)).fetchone()
+    assert index.edit(row, "a tabby cat") and not index.edit(10_000, "x")
+    index.put([rec(tmp_path / "cat.jpg", "a cat sitting on a sofa")])
+    index.put([Record(str(tmp_path / "cat.jpg"), None, None, None, None, None, "tiny", None, "d", "Err: x")])
+    assert found(index, "tabby") == ["cat.jpg"] and index.entry(row).edited_at is not None
+    sink = IndexSink(tmp_path / "index.db", "overwrite")
+    assert not sink.wants(str(tmp_path / "cat.jpg")) and sink.wants(str(tmp_path / "dogs.jpg"))
+    sink.close()
+
+
+def test_the_cache_folder_is_the_user_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache" / "blipcap"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "blipcap"
+    monkeypatch.setattr("sys.platform", "darwin")
+    assert default_cache_dir() == tmp_path / "home" / "Library" / "Caches" / "blipcap"

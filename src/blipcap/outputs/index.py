@@ -1,7 +1,11 @@
 """The search index: captions in an SQLite file with a full-text (FTS5) table, and the search.
 
 One row per image, keyed by its absolute path, with its caption, sha256, size and mtime (a file
-whose size or mtime changed is captioned again and its row replaced), the model and options.
+whose size or mtime changed is captioned again and its row updated in place: its integer ``id``
+stays, so links made from it, such as the server's thumbnail URLs, do too), the model and options,
+the file's resolved path when indexed (``real_path``: the server refuses a file whose path now
+leads elsewhere), and ``edited_at`` when a person corrected the caption (caption runs then leave
+the row alone). Schema 1 files gain the two columns when opened.
 The FTS5 table uses the ``porter unicode61`` tokenizer (case- and accent-insensitive, "dogs" finds
 "dog") and is kept in step by triggers. Queries are built from the words of the user's text only,
 each quoted, so quotes, operators (AND, NOT, NEAR, ``*``, ``^``, ``:``) and punctuation are plain
@@ -26,7 +30,7 @@ from typing import Sequence
 from .paths import path_from_text, path_text
 from .records import Record, Sink, SinkError, check_mode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE images (
     id INTEGER PRIMARY KEY,
@@ -41,7 +45,9 @@ CREATE TABLE images (
     model_id TEXT,
     revision TEXT,
     options_digest TEXT,
-    indexed_at REAL                 -- unix time
+    indexed_at REAL,                -- unix time
+    real_path TEXT,                 -- os.path.realpath(path) when indexed (NULL in rows of schema 1)
+    edited_at REAL                  -- unix time of a person's correction; NULL: the model's caption
 );
 CREATE VIRTUAL TABLE captions USING fts5(
     caption, content='images', content_rowid='id', tokenize='porter unicode61'
@@ -57,6 +63,9 @@ CREATE TRIGGER images_au AFTER UPDATE ON images BEGIN
     INSERT INTO captions(rowid, caption) VALUES (new.id, new.caption);
 END;
 """
+_MIGRATIONS = {  # from schema N to N + 1
+    1: ("ALTER TABLE images ADD COLUMN real_path TEXT", "ALTER TABLE images ADD COLUMN edited_at REAL"),
+}
 _WORD = re.compile(r"\w+")
 # Left out when falling back to "any word": they are in nearly every caption, so would match all.
 _COMMON = frozenset("a an the of on in at to with and or is are there it its this that by for from".split())
@@ -74,12 +83,41 @@ def default_db_path() -> Path:
     return base / "blipcap" / "index.db"
 
 
+def default_cache_dir() -> Path:
+    """blipcap's folder in the user's cache directory, as platformdirs places it: $XDG_CACHE_HOME/blipcap
+    (~/.cache/blipcap), ~/Library/Caches/blipcap on macOS, %LOCALAPPDATA%\\blipcap\\Cache on Windows."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "blipcap" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "blipcap"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blipcap"
+
+
 @dataclass
 class Hit:
     path: str
     caption: str
     snippet: str  # the caption with the matched words between the highlight marks
     rank: float  # bm25: lower is better
+    id: int = 0  # the row's stable id
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class Entry:
+    """One row as the server reads it, to find and check the file behind an id."""
+
+    id: int
+    path: str
+    caption: str
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None
+    real_path: str | None
+    width: int | None
+    height: int | None
+    edited_at: float | None
 
 
 def fts_query(text: str, any_word: bool = False) -> str:
@@ -98,7 +136,7 @@ def fts_query(text: str, any_word: bool = False) -> str:
 class Index:
     """An open index database."""
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = True):
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, check_same_thread: bool = True):
         self.path = Path(path)
         if not self.path.is_file():
             if not create:
@@ -106,7 +144,7 @@ class Index:
             if not self.path.parent.is_dir():
                 raise SinkError(f"cannot create the index {self.path}: the folder {self.path.parent} does not exist")
         try:
-            self.db = sqlite3.connect(self.path)
+            self.db = sqlite3.connect(self.path, check_same_thread=check_same_thread)
             self._check_schema()
         except sqlite3.OperationalError as e:  # the file is fine; the disk or the permissions are not
             raise SinkError(f"cannot open the index {self.path}: {e}") from e
@@ -116,6 +154,13 @@ class Index:
     def _check_schema(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if 0 < version < SCHEMA_VERSION and {"images", "captions"} <= tables:
+            with self.db:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step]:
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            version = SCHEMA_VERSION
         if version == SCHEMA_VERSION and {"images", "captions"} <= tables:
             return
         if version or tables:
@@ -147,8 +192,8 @@ class Index:
         with self.db:
             for r in records:
                 path = os.path.abspath(r.path)
-                if not r.ok:
-                    self.db.execute("DELETE FROM images WHERE path = ?", (path_text(path),))
+                if not r.ok:  # a person's caption stays: they saw the image
+                    self.db.execute("DELETE FROM images WHERE path = ? AND edited_at IS NULL", (path_text(path),))
                     continue
                 try:
                     st = os.stat(path)
@@ -157,14 +202,15 @@ class Index:
                     size = mtime = None
                 self.db.execute(
                     "INSERT INTO images (path, caption, score, sha256, width, height, size, mtime_ns, model_id,"
-                    " revision, options_digest, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " revision, options_digest, indexed_at, real_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(path) DO UPDATE SET caption = excluded.caption, score = excluded.score,"
                     " sha256 = excluded.sha256, width = excluded.width, height = excluded.height,"
                     " size = excluded.size, mtime_ns = excluded.mtime_ns, model_id = excluded.model_id,"
                     " revision = excluded.revision, options_digest = excluded.options_digest,"
-                    " indexed_at = excluded.indexed_at",
+                    " indexed_at = excluded.indexed_at, real_path = excluded.real_path"
+                    " WHERE images.edited_at IS NULL",
                     (path_text(path), r.caption or "", r.score, r.sha256, r.width, r.height, size, mtime, r.model_id,
-                     r.revision, r.options_digest, now),
+                     r.revision, r.options_digest, now, path_text(os.path.realpath(path))),
                 )
 
     def records(self) -> list[Record]:
@@ -179,22 +225,54 @@ class Index:
             self.db.executemany("DELETE FROM images WHERE path = ?", [(p,) for p in gone])
         return gone
 
-    def search(self, query: str, limit: int = 20, highlight: tuple[str, str] = ("[", "]")) -> list[Hit]:
-        """Images whose captions match the words of ``query``, best first (see the module docstring)."""
+    def search(self, query: str, limit: int = 20, highlight: tuple[str, str] = ("[", "]"),
+               offset: int = 0) -> list[Hit]:
+        """Images whose captions match the words of ``query``, best first (see the module docstring);
+        ``offset`` skips that many of them (pages)."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        sql = ("SELECT images.path, images.caption, snippet(captions, 0, ?, ?, '…', 16), bm25(captions)"
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        sql = ("SELECT images.path, images.caption, snippet(captions, 0, ?, ?, '…', 16), bm25(captions),"
+               " images.id, images.width, images.height"
                " FROM captions JOIN images ON images.id = captions.rowid"
-               " WHERE captions MATCH ? ORDER BY bm25(captions), images.path LIMIT ?")
+               " WHERE captions MATCH ? ORDER BY bm25(captions), images.path LIMIT ? OFFSET ?")
         for any_word in (False, True):
+            match = fts_query(query, any_word)
             try:
-                rows = self.db.execute(sql, (*highlight, fts_query(query, any_word), limit)).fetchall()
+                rows = self.db.execute(sql, (*highlight, match, limit, offset)).fetchall()
+                # the any-word fallback is for queries no image matches whole, not for pages past the end
+                past_end = offset and self.db.execute("SELECT 1 FROM captions WHERE captions MATCH ? LIMIT 1",
+                                                      (match,)).fetchone()
             except sqlite3.DatabaseError as e:  # a damaged file can open and still fail here
                 raise SinkError(f"cannot search the index {self.path}: {e}; build it again with "
                                 f"`blipcap index PHOTOS...` after moving it away") from e
-            if rows:
+            if rows or past_end:
                 return [Hit(*row) for row in rows]
         return []
+
+    def entry(self, id: int) -> Entry | None:
+        """The row with this id, or None."""
+        row = self.db.execute("SELECT id, path, caption, sha256, size, mtime_ns, real_path, width, height,"
+                              " edited_at FROM images WHERE id = ?", (id,)).fetchone()
+        if not row:
+            return None
+        id_, path, caption, sha, size, mtime, real, *rest = row  # paths as stored: back to the file's
+        return Entry(id_, path_from_text(path), caption, sha, size, mtime, real and path_from_text(real), *rest)
+
+    def edit(self, id: int, caption: str) -> bool:
+        """Store a person's caption for row ``id``; caption runs leave it alone from now on.
+        False when there is no such row."""
+        with self.db:
+            cur = self.db.execute("UPDATE images SET caption = ?, edited_at = ? WHERE id = ?",
+                                  (caption, time.time(), id))
+        return cur.rowcount == 1
+
+    def edited(self, path: str) -> bool:
+        """Whether a person corrected the caption of ``path`` (absolute)."""
+        row = self.db.execute("SELECT 1 FROM images WHERE path = ? AND edited_at IS NOT NULL",
+                              (path_text(path),)).fetchone()
+        return row is not None
 
     def close(self) -> None:
         self.db.close()
@@ -213,6 +291,10 @@ class IndexSink(Sink):
         if "://" in path:
             return "a URL cannot be indexed: the index holds files, to find them again"
         return None
+
+    def wants(self, path: str) -> bool:
+        # a person's caption beats any run's, --existing overwrite included
+        return not self.index.edited(os.path.abspath(path)) and super().wants(path)
 
     def has(self, path: str) -> bool:
         path = os.path.abspath(path)

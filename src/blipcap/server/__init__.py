@@ -7,7 +7,8 @@
 Modules: `config` (the limits), `app` (routes and request handling), `batcher` (the dynamic
 micro-batcher and the model thread), `inputs` (request bodies -> images and options; decoding and
 SSRF-safe URL fetching are `blipcap.images`'), `metrics` (Prometheus text), `run` (uvicorn with
-graceful shutdown), `static/` (the web page).
+graceful shutdown), `static/` (the web pages), `search/` (`serve --index`: search, thumbnails,
+caption edits).
 """
 
 from __future__ import annotations

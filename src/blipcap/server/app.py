@@ -32,9 +32,11 @@ from .config import ServerConfig
 from .inputs import ApiError, Upload, decode, from_form, from_json, is_image, parse_options
 from .metrics import Metrics
 from .schemas import CAPTION_REQUEST_BODY, CAPTION_RESPONSES
+from .search import SearchService, search_router
 
 STATIC = Path(__file__).parent / "static"
-ROUTES = ("/", "/v1/caption", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/", "/v1/caption", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json",
+          "/search", "/v1/search", "/v1/thumbnail/{id}", "/v1/captions/{id}")
 log = logging.getLogger("uvicorn.error")  # shown with uvicorn's own startup lines
 
 
@@ -56,6 +58,10 @@ class Service:
 
     async def start(self) -> None:
         cfg = self.config
+        if self.captioner is None:  # serve --index alone: nothing to load or warm up
+            self.ready = True
+            self.metrics.ready.set(1)
+            return
         self.decoder = ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="blipcap-decode")
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size, max_wait_s=cfg.max_wait_ms / 1000,
                                max_queue=cfg.max_queue, metrics=self.metrics)
@@ -95,6 +101,9 @@ class Service:
     async def caption(self, request: Request) -> JSONResponse:
         start = time.monotonic()
         try:
+            if self.captioner is None:
+                raise ApiError(404, "this server was started without a model (blipcap serve --index): it searches "
+                                    "the index but does not caption; start it with --model to caption", "no_model")
             if self.draining:
                 raise ApiError(503, "shutting down; retry on another instance", "draining",
                                {"Retry-After": "1", "Connection": "close"})
@@ -186,8 +195,7 @@ class LimitAndCount:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit, metrics = self.service.config.max_upload_bytes, self.service.metrics
-        path = scope["path"]
-        route = path if path in ROUTES else ("/static" if path.startswith("/static/") else "other")
+        route = _route(scope["path"])
         status = {"code": 500, "started": False}
 
         async def counting_send(message):
@@ -221,6 +229,16 @@ class LimitAndCount:
 _KINDS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
+def _route(path: str) -> str:
+    """The metrics label of a request path: a route of ROUTES, /static, or other."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/static/"):
+        return "/static"
+    templated = path.rsplit("/", 1)[0] + "/{id}"
+    return templated if templated in ROUTES else "other"
+
+
 def _error(e: ApiError, metrics: Metrics) -> JSONResponse:
     metrics.errors.labels(kind=e.kind).inc()
     return JSONResponse({"error": e.message, "error_type": e.kind}, status_code=e.status, headers=e.headers)
@@ -229,8 +247,14 @@ def _error(e: ApiError, metrics: Metrics) -> JSONResponse:
 # --- the app -----------------------------------------------------------------------------------------
 
 def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: UrlFetcher | None = None) -> FastAPI:
-    """The service for one loaded Captioner. `fetcher` replaces the URL fetcher (tests)."""
-    service = Service(captioner, config or ServerConfig(), fetcher)
+    """The service for one loaded Captioner (None: search only, with `config.index_db`).
+    `fetcher` replaces the URL fetcher (tests)."""
+    config = config or ServerConfig()
+    if captioner is None and config.index_db is None:
+        raise ValueError("a server needs a model to caption with, an index to search, or both")
+    service = Service(captioner, config, fetcher)
+    search = SearchService(config.index_db, cache_dir=config.thumbnail_cache, max_pixels=config.max_pixels,
+                           allow_edits=config.allow_edits) if config.index_db is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -273,7 +297,8 @@ def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: U
     @app.get("/readyz", summary="Model loaded and warmed up", responses={503: {"description": "not ready"}})
     async def readyz():
         if service.ready:
-            return {"status": "ready", "model": service.captioner.model_id}
+            model = service.captioner.model_id if service.captioner is not None else None
+            return {"status": "ready", "model": model, **({"index": str(search.db)} if search else {})}
         state = "draining" if service.draining else "warming up"
         return JSONResponse({"status": state}, status_code=503)
 
@@ -286,7 +311,11 @@ def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: U
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        page = "index.html" if captioner is not None else "search.html"  # search only: its page is the front
+        return FileResponse(STATIC / page, media_type="text/html")
+
+    if search is not None:
+        app.include_router(search_router(search, require_key))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

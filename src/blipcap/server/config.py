@@ -35,6 +35,11 @@ class ServerConfig:
     # threads
     decode_workers: int = 2  # image decoding and URL fetching, off the event loop
 
+    # search (serve --index): the page at /search, /v1/search, /v1/thumbnail/{id}
+    index_db: str | None = None  # the index file; None: no search routes
+    thumbnail_cache: str | None = None  # None: blipcap's folder in the user cache directory
+    allow_edits: bool = False  # PUT /v1/captions/{id} stores a person's caption in the index
+
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")

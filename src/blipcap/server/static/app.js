@@ -161,3 +161,5 @@ window.addEventListener("dragover", (e) => e.preventDefault());
 window.addEventListener("drop", (e) => e.preventDefault());
 document.addEventListener("paste", (e) => addFiles(e.clipboardData && e.clipboardData.files));
 $("settings").addEventListener("submit", (e) => e.preventDefault()); // Enter in a field must not reload
+// serve --index: the search page is one link away
+fetch("/readyz").then((r) => r.json()).then((body) => { $("search-link").hidden = !body.index; }).catch(() => {});
