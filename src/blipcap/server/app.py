@@ -48,7 +48,8 @@ class Service:
         if config.allow_urls and fetcher is None:
             fetcher = UrlFetcher(max_bytes=config.max_url_bytes, timeout_s=config.url_timeout_s)
         self.fetcher = fetcher if config.allow_urls else None
-        self.images = Decoder.of(captioner.preprocessor, config.max_pixels, self.fetcher)
+        # no captioner: search only (serve --index without a model)
+        self.images = Decoder.of(captioner.preprocessor, config.max_pixels, self.fetcher) if captioner else None
         self.ready = False
         self.draining = False
         self.batcher: Batcher | None = None
