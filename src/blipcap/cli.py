@@ -353,7 +353,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     config = ServerConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                           max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
-                          api_key=api_key, allow_urls=args.serve_allow_urls)
+                          api_key=api_key, allow_urls=args.serve_allow_urls,
+                          served_model_names=tuple(args.served_model_name))
     cap = _load_captioner(args)  # with allow_urls=False: the server fetches URLs itself, checked
     from .server.run import serve
 
@@ -379,6 +380,8 @@ def _add_serve_parser(sub) -> None:
     g.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
     g.add_argument("--allow-urls", dest="serve_allow_urls", action="store_true",
                    help="fetch http(s) image URLs given in JSON bodies (public addresses only)")
+    g.add_argument("--served-model-name", nargs="+", default=[], metavar="NAME",
+                   help="names the OpenAI and Ollama endpoints also answer to, besides the model id")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve, allow_urls=False)
 
