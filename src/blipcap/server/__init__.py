@@ -7,7 +7,8 @@
 Modules: `config` (the limits), `app` (routes and request handling), `batcher` (the dynamic
 micro-batcher and the model thread), `inputs` (request bodies -> images and options), `urls`
 (SSRF-safe URL fetching), `metrics` (Prometheus text), `run` (uvicorn with graceful shutdown),
-`static/` (the web page).
+`static/` (the web page); `openai/` and `ollama/` (the compatible endpoints, each protocol.py /
+serving.py / router.py) over `compat` (what they share: names, the option mapping, token counts).
 """
 
 from __future__ import annotations
