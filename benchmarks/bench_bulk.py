@@ -37,7 +37,7 @@ from PIL import Image, ImageChops
 
 from blipcap import Captioner
 from blipcap.bench import machine
-from blipcap.jobs.local import _decoder, _Item
+from blipcap.images import Decoder
 from blipcap.jobs.discover import find_images
 from tests.helpers.summary import parse_line
 from blipcap.random_checkpoint import build_random_checkpoint
@@ -107,8 +107,7 @@ def main() -> None:
         gen_s = time.perf_counter() - t0
         ckpt = build_random_checkpoint(tmp / "ckpt", args.shape)
         cap = Captioner.load(ckpt, device=args.device, dtype=args.dtype)
-        pre = cap.preprocessor
-        decode = _decoder(pre.size, pre.resample, pre.do_resize, cap.max_pixels, False)
+        decoder = Decoder.of(cap.preprocessor, cap.max_pixels)  # the folder job's own decoding
 
         n = model_s = job_s = wall_s = decode_s = 0.0
         same, rounds, sizes = 0, [], []
@@ -117,7 +116,7 @@ def main() -> None:
             sizes += [os.path.getsize(p) for p in paths]
             # model only: the same images, decoded and resized beforehand with the job's own decoder
             t0 = time.perf_counter()
-            images = [decode(_Item(p, [])).image for p in paths]
+            images = [decoder.file(p) for p in paths]
             decode_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             caps = cap.caption(images, batch_size=args.batch_size)

@@ -72,7 +72,7 @@ def main() -> None:
 
     from blipcap import Captioner
     from blipcap.bench import time_caption
-    from blipcap.decoding import CaptionOptions
+    from blipcap.options import CaptionOptions
     from blipcap.export import export_onnx
 
     imgs = images(args.images)

@@ -31,7 +31,7 @@ def main() -> None:
 
     from blipcap import Captioner
     from blipcap.bench import synthetic_images, time_caption
-    from blipcap.decoding import CaptionOptions
+    from blipcap.options import CaptionOptions
 
     opts = CaptionOptions(num_beams=3, max_new_tokens=20, min_new_tokens=20, suppress_artefacts=False)
     imgs = synthetic_images(args.images)

@@ -6,9 +6,10 @@
 """
 
 from .captioner import Caption, Captioner, pipeline
-from .decoding import CaptionOptions
+from .options import CaptionOptions, OptionsError
+from .spec import ModelSpec
 from .hub import ModelNotAvailableError
 from .images import ImageError
 
 __version__ = "0.1.0"
-__all__ = ["Caption", "CaptionOptions", "Captioner", "ImageError", "ModelNotAvailableError", "pipeline", "__version__"]
+__all__ = ["Caption", "CaptionOptions", "Captioner", "ImageError", "ModelNotAvailableError", "ModelSpec", "OptionsError", "pipeline", "__version__"]

@@ -174,7 +174,8 @@ def run_bench(model: str | None = None, *, random: str | None = None, backend: s
               dtype: str = "auto", batch_size: int = 8, images: int = 8, beams: int = 3, new_tokens: int = 20,
               against: str | None = None) -> BenchResult:
     from .captioner import Captioner
-    from .decoding import CaptionOptions
+    from .options import CaptionOptions
+    from .spec import ModelSpec
 
     if (model is None) == (random is None):
         raise ValueError("give exactly one of a model or --random SHAPE")
@@ -194,8 +195,9 @@ def run_bench(model: str | None = None, *, random: str | None = None, backend: s
             _child("from blipcap.export import export_onnx as e; e(sys.argv[1], sys.argv[2], int8=sys.argv[3] == 'int8')",
                    str(path), str(load_from), dtype)
         t0 = time.perf_counter()
-        cap = Captioner.load(load_from if path else model, backend=backend,
-                             **({} if backend == "onnx" else dict(device=device, dtype=dtype)))
+        spec = ModelSpec(str(load_from if path else model), backend=backend,
+                         **({} if backend == "onnx" else dict(device=device, dtype=dtype)))
+        cap = Captioner.load(spec)
         load_s = time.perf_counter() - t0
         info = cap.backend.info()
         dtype_label = info["dtype"]

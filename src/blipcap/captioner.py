@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .checkpoint import CheckpointError, dims_from_config, read_config
-from .decoding import ARTEFACT_PIECES, CaptionOptions, LogitRules, resolve_prompt_rows, search
+from .decoding import LogitRules, resolve_prompt_rows, rows_per_image, search
 from .hub import DEFAULT_MODEL, resolve
-from .images import DEFAULT_MAX_PIXELS, ImageError, Preprocessor, load_image
+from .images import DEFAULT_MAX_PIXELS, Decoded, ImageError, Preprocessor, load_image
+from .options import ARTEFACT_PIECES, CaptionOptions, check_against, checkpoint_defaults, merge
+from .spec import ModelSpec
 from .text import TextCodec
+
+_DEFAULT_SPEC = ModelSpec()
 
 
 @dataclass
@@ -35,25 +39,9 @@ class Caption:
 
 
 def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
-    """The checkpoint's generation settings (generation_config.json, else config.json) as options."""
-    gen: dict[str, Any] = {}
-    for source in (config.get("text_config") or {}, config):
-        gen.update({k: v for k, v in source.items() if v is not None})
     path = model_dir / "generation_config.json"
-    if path.is_file():
-        gen.update({k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if v is not None})
-    opts: dict[str, Any] = {}
-    for key in ("num_beams", "do_sample", "length_penalty", "early_stopping", "temperature", "top_k", "top_p",
-                "repetition_penalty", "no_repeat_ngram_size", "num_return_sequences"):
-        if key in gen:
-            opts[key] = gen[key]
-    # transformers counts max_length/min_length from [DEC]; we count new tokens after it
-    opts["max_new_tokens"] = gen.get("max_new_tokens") or int(gen.get("max_length") or 20) - 1
-    if gen.get("min_new_tokens"):
-        opts["min_new_tokens"] = gen["min_new_tokens"]
-    elif gen.get("min_length"):
-        opts["min_new_tokens"] = max(0, int(gen["min_length"]) - 1)
-    return CaptionOptions(**opts)
+    generation = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return checkpoint_defaults(config, generation)
 
 
 def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads) -> Any:
@@ -91,21 +79,33 @@ class Captioner:
         self.max_pixels, self.allow_urls = max_pixels, allow_urls
 
     @classmethod
-    def load(cls, model: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-             backend: str = "auto", revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-             local_files_only: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-             allow_urls: bool = False, providers: Sequence[str] | None = None,
-             threads: int | None = None) -> "Captioner":
+    def load(cls, model: str | os.PathLike | ModelSpec = DEFAULT_MODEL, *, device: str = "auto",
+             dtype: str = "auto", backend: str = "auto", revision: str | None = None,
+             cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+             max_pixels: int | None = DEFAULT_MAX_PIXELS, allow_urls: bool = False,
+             providers: Sequence[str] | None = None, threads: int | None = None) -> "Captioner":
         """Load a short name (large, base), a Hub repo id, a local checkpoint directory, or a
-        directory made by `blipcap export-onnx`.
+        directory made by `blipcap export-onnx`; or what a ModelSpec says (then without the
+        keywords that a ModelSpec holds).
 
         backend: "torch", "onnx", or "auto" (ONNX Runtime for an export directory, else PyTorch).
         providers/threads: ONNX Runtime execution providers and intra-op threads (onnx backend).
         """
-        resolved = resolve(model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        given = dict(device=device, dtype=dtype, backend=backend, revision=revision, cache_dir=cache_dir,
+                     local_files_only=local_files_only, providers=providers, threads=threads)
+        if isinstance(model, ModelSpec):
+            clash = [k for k, v in given.items() if v != getattr(_DEFAULT_SPEC, k)]
+            if clash:
+                raise TypeError(f"Captioner.load(ModelSpec, ...): put {', '.join(clash)} in the ModelSpec")
+            spec = model
+        else:
+            spec = ModelSpec(model, **given)
+        resolved = resolve(spec.model, revision=spec.revision, cache_dir=spec.cache_dir,
+                           local_files_only=spec.local_files_only)
         config = read_config(resolved.path)
         dims = dims_from_config(config)
-        engine = _load_backend(backend, resolved.path, dims, device, dtype, providers, threads)
+        engine = _load_backend(spec.backend, resolved.path, dims, spec.device, spec.dtype, spec.providers,
+                               spec.threads)
         codec = TextCodec.from_dir(resolved.path, dims.bos_id, dims.eos_id, dims.pad_id)
         pre_path = resolved.path / "preprocessor_config.json"
         pre = Preprocessor.from_file(pre_path) if pre_path.is_file() else Preprocessor.from_config({})
@@ -152,23 +152,31 @@ class Captioner:
         while batch := list(itertools.islice(it, max(1, batch_size))):
             yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
 
+    def merged(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> CaptionOptions:
+        """The options caption() uses for these options and overrides (a prompt is one string here)."""
+        return merge(self.defaults, options, overrides)
+
+    def check(self, options: CaptionOptions, *, max_beams: int | None = None,
+              max_new_tokens: int | None = None) -> None:
+        """OptionsError unless merged `options` fit this model (vocabulary, positions) and the caps."""
+        check_against(options, self.backend.dims.text, prompt_len=len(self.codec.prompt_ids(options.prompt)),
+                      max_beams=max_beams, max_new_tokens=max_new_tokens)
+
     # --- internals ---------------------------------------------------------------------------------
 
     def _options(self, options: CaptionOptions | None, overrides: dict, n: int) -> tuple[list, CaptionOptions]:
-        base = options or self.defaults
-        if base.max_new_tokens is None:
-            base = base.replace(max_new_tokens=self.defaults.max_new_tokens)
-        prompt = overrides.pop("prompt", base.prompt)
-        if isinstance(prompt, (list, tuple)):
+        prompt = overrides.get("prompt")
+        if isinstance(prompt, (list, tuple)):  # one prompt per image: the options carry none
             if len(prompt) != n:
                 raise ValueError(f"got {len(prompt)} prompts for {n} images")
-            prompts = list(prompt)
-            prompt = None
-        else:
-            prompts = [prompt] * n
-        return prompts, base.replace(prompt=prompt, **overrides)
+            opts = merge(self.defaults, options, {**overrides, "prompt": None})
+            return list(prompt), opts
+        opts = merge(self.defaults, options, overrides)
+        return [opts.prompt] * n, opts
 
     def _load(self, item: Any) -> Any:
+        if isinstance(item, Decoded):
+            return item  # model-ready (images.Decoder): loading it again would copy and re-check it
         try:
             return load_image(item, max_pixels=self.max_pixels, allow_urls=self.allow_urls)
         except ImageError as exc:
@@ -185,11 +193,10 @@ class Captioner:
                 banned.add(seq[0])
             else:
                 sequences.append(seq)
-        vocab = self.backend.dims.text.vocab
-        if any(not 0 <= t < vocab for t in banned):
-            raise ValueError(f"suppress_tokens must be ids in [0, {vocab})")
+        check_against(opts, self.backend.dims.text)
         return LogitRules(
-            eos_id=codec.eos_id, pad_id=codec.pad_id, vocab_size=vocab, min_new_tokens=opts.min_new_tokens,
+            eos_id=codec.eos_id, pad_id=codec.pad_id, vocab_size=self.backend.dims.text.vocab,
+            min_new_tokens=opts.min_new_tokens,
             repetition_penalty=opts.repetition_penalty, no_repeat_ngram_size=opts.no_repeat_ngram_size,
             banned_ids=tuple(sorted(banned)), banned_sequences=tuple(sequences),
         )
@@ -201,13 +208,12 @@ class Captioner:
             return out
         pixels = self.preprocessor.batch([loaded[i] for i in good])
         prompt_ids = [self.codec.prompt_ids(prompts[i]) for i in good]
-        group = opts.num_beams if opts.num_beams > 1 else opts.num_return_sequences
+        group = rows_per_image(opts)
         ids, valid = resolve_prompt_rows(prompt_ids, group, self.codec.pad_id)
         memory = self.backend.encode(pixels)
         session, logits = self.backend.start(memory, group, ids, valid, opts.max_new_tokens)
         ops = self.backend.ops
-        results = search(session, logits, ops.asarray(ids), ops.asarray(valid, "bool"), group,
-                         opts.max_new_tokens, opts, self._rules(opts))
+        results = search(session, logits, ops.asarray(ids), ops.asarray(valid, "bool"), opts, self._rules(opts))
         for i, found, pids in zip(good, results, prompt_ids):
             caps = [Caption(self._text(pids, r.tokens, opts.keep_prompt), r.score, r.tokens, truncated=not r.finished)
                     for r in found]

@@ -27,31 +27,41 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
 
 
-def _options(args: argparse.Namespace):
-    from .decoding import CaptionOptions
+# caption options as the CLI spells them: (flag's dest, option, value a set flag gives or None: its argument)
+_OPTION_FLAGS = (("beams", "num_beams", None), ("max_new_tokens", "max_new_tokens", None),
+                 ("min_new_tokens", "min_new_tokens", None), ("repetition_penalty", "repetition_penalty", None),
+                 ("temperature", "temperature", None), ("top_p", "top_p", None), ("top_k", "top_k", None),
+                 ("seed", "seed", None), ("prompt", "prompt", None), ("sample", "do_sample", True),
+                 ("keep_prompt", "keep_prompt", True), ("no_artefact_filter", "suppress_artefacts", False))
 
-    over = {}
-    for field, value in (("num_beams", args.beams), ("max_new_tokens", args.max_new_tokens),
-                         ("min_new_tokens", args.min_new_tokens), ("repetition_penalty", args.repetition_penalty),
-                         ("temperature", args.temperature), ("top_p", args.top_p), ("top_k", args.top_k),
-                         ("seed", args.seed), ("prompt", args.prompt)):
-        if value is not None:
-            over[field] = value
-    if args.sample:
-        over["do_sample"] = True
-    if args.keep_prompt:
-        over["keep_prompt"] = True
-    if args.no_artefact_filter:
-        over["suppress_artefacts"] = False
+
+def _options(args: argparse.Namespace):
+    """(preset or None: the checkpoint's defaults, checked overrides); impossible ones fail here,
+    before a model loads."""
+    from .options import CaptionOptions, parse_overrides
+
+    raw = {}
+    for dest, option, flag_value in _OPTION_FLAGS:
+        value = getattr(args, dest)
+        if flag_value is None and value is not None:
+            raw[option] = value
+        elif flag_value is not None and value:
+            raw[option] = flag_value
     base = CaptionOptions.preset(args.preset) if args.preset else None
-    return base, over
+    return base, parse_overrides(raw, base=base)
+
+
+def _model_spec(args: argparse.Namespace):
+    from .spec import ModelSpec
+
+    return ModelSpec(args.model, revision=args.revision, backend=args.backend, device=args.device, dtype=args.dtype,
+                     threads=args.threads)
 
 
 def _load_captioner(args: argparse.Namespace):
     from .captioner import Captioner
 
-    return Captioner.load(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                          allow_urls=args.allow_urls, backend=args.backend, threads=args.threads)
+    return Captioner.load(_model_spec(args), allow_urls=args.allow_urls)
 
 
 def _sidecar_ext(value: str) -> str:
@@ -83,14 +93,12 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     """Discover, check every destination, load the model, run the bulk job, summarise."""
     from .jobs.common import Reporter, StopRequest
     from .jobs.local import BulkJob
-    from .decoding import CaptionOptions
     from .jobs.discover import find_images
     from .jobs.progress import Progress
     from .outputs.atomic import check_writable
     from .outputs.sinks import PrintSink
 
     base, over = _options(args)
-    (base or CaptionOptions()).replace(**over)  # impossible combinations fail before the model loads
     if args.errors:
         check_writable(Path(args.errors), "error log")
         excluded.append(args.errors)
@@ -127,8 +135,7 @@ def _summarise(args: argparse.Namespace, summary) -> int:
 def _run_ray(args: argparse.Namespace) -> int:
     """caption --engine ray: the Ray Data job (distributed.py) writes Parquet shards to --output DIR."""
     from .jobs.common import Reporter
-    from .decoding import CaptionOptions
-    from .jobs.ray_job import ModelSpec, PoolSpec, RayJob
+    from .jobs.ray_job import PoolSpec, RayJob
     from .outputs.atomic import check_writable
 
     local_only = [flag for flag, used in (("--sidecar", args.sidecar is not None), ("--xmp", args.xmp),
@@ -142,14 +149,13 @@ def _run_ray(args: argparse.Namespace) -> int:
     if not args.inputs and args.files_from is None:
         raise ValueError("nothing to caption: give folders, images, URIs (s3://...) or --files-from LIST")
     base, over = _options(args)
-    (base or CaptionOptions()).replace(**over)  # impossible combinations fail before Ray starts
     if args.errors:
         check_writable(Path(args.errors), "error log")
-    model = ModelSpec(args.model, args.revision, args.backend, args.device, args.dtype, args.threads, base, over,
-                      args.alt_text_max if args.alt_text else None)
+    model = _model_spec(args)
     pool = PoolSpec(args.workers, args.cpus_per_worker or 1.0, args.gpus_per_worker or 0.0, args.batch_size)
-    job = RayJob(args.inputs, args.output, model, pool, files_from=args.files_from, recursive=not args.no_recursive,
-                 reporter=Reporter(args.errors), quiet=args.quiet)
+    job = RayJob(args.inputs, args.output, model, pool, options=base, overrides=over,
+                 alt_text_max=args.alt_text_max if args.alt_text else None, files_from=args.files_from,
+                 recursive=not args.no_recursive, reporter=Reporter(args.errors), quiet=args.quiet)
     return _summarise(args, job.run(address=args.ray_address))
 
 
@@ -205,6 +211,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .outputs.index import Index
+    from .outputs.paths import line_path, path_from_text
 
     index = Index(_db_path(args.db), create=False)
     bold = sys.stdout.isatty() and not args.json
@@ -215,7 +222,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(json.dumps({"path": hit.path, "caption": hit.caption, "snippet": hit.snippet, "rank": hit.rank},
                              ensure_ascii=False))
         else:
-            print(f"{hit.path}\t{hit.snippet}")
+            print(f"{line_path(path_from_text(hit.path))}\t{hit.snippet}")
     if not hits:
         print(f"blipcap: no image matches {args.query!r}", file=sys.stderr)
     return 0
@@ -253,6 +260,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        against=args.against)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return 0
+
+
+def _result_limit(value: str) -> int:
+    n = int(value) if value.strip().lstrip("+-").isdigit() else 0
+    if not 1 <= n <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"--limit must be between 1 and 1000000, got {value}")
+    return n
 
 
 def _add_bench_parser(sub) -> None:
@@ -353,7 +367,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     config = ServerConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                           max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
-                          api_key=api_key, allow_urls=args.serve_allow_urls,
+                          api_key=api_key, allow_urls=args.serve_allow_urls, header_timeout_s=args.header_timeout_s,
+                          keep_alive_s=args.keep_alive_s, max_connections=args.max_connections,
                           served_model_names=tuple(args.served_model_name))
     cap = _load_captioner(args)  # with allow_urls=False: the server fetches URLs itself, checked
     from .server.run import serve
@@ -377,6 +392,11 @@ def _add_serve_parser(sub) -> None:
     g.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit (413 above)")
     g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="per image (422 above)")
     g.add_argument("--timeout-s", type=float, default=60.0, help="per request (504 above)")
+    g.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="a request's headers must arrive within this (408 and closed after)")
+    g.add_argument("--keep-alive-s", type=float, default=5.0, help="idle keep-alive connections close after this")
+    g.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections at once; more get 503 + Retry-After")
     g.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
     g.add_argument("--allow-urls", dest="serve_allow_urls", action="store_true",
                    help="fetch http(s) image URLs given in JSON bodies (public addresses only)")
@@ -431,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Full-text search over the captions in the index, best match first.")
     p.add_argument("query", help='words to look for, e.g. "dog on a beach"')
     p.add_argument("--db", metavar="DB", help="the index database (default: in your user data folder)")
-    p.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument("--limit", type=_result_limit, default=20, help="at most this many results (default 20)")
     p.add_argument("--json", action="store_true", help="one JSON object per line: path, caption, snippet, rank")
     p.set_defaults(func=cmd_search)
 

@@ -1,4 +1,4 @@
-"""CaptionOptions and the one search: greedy, beam and sampling, with the logit rules.
+"""The one search: greedy, beam and sampling, with the logit rules.
 
 The search knows no backend. A backend session answers two things: "next-token logits for these
 rows" (`step`) and "reorder these rows" (`reorder`, for beams); its `ops` says how to compute on
@@ -10,112 +10,14 @@ rules to raw logits, beam search to log-probabilities, with transformers' beam b
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from .options import ARTEFACT_PIECES, PRESETS, CaptionOptions  # noqa: F401  (their old home)
+
 NEG_INF = float("-inf")
-
-
-@dataclass(frozen=True)
-class CaptionOptions:
-    # search: greedy when num_beams == 1 and do_sample is False
-    num_beams: int = 1
-    do_sample: bool = False
-    num_return_sequences: int = 1  # captions per image, best first (<= num_beams for beam search)
-
-    # length: new tokens after [DEC] and the prompt, counting the closing [SEP]
-    max_new_tokens: int | None = None  # None: the checkpoint's max_length - 1 (19 for BLIP checkpoints)
-    min_new_tokens: int = 0
-
-    # beam search
-    length_penalty: float = 1.0  # score = sum log-prob / length ** length_penalty
-    early_stopping: bool | str = False  # True, False (transformers' heuristic) or "never"
-
-    # sampling (do_sample=True)
-    temperature: float = 1.0
-    top_k: int = 50  # 0 disables
-    top_p: float = 1.0
-    seed: int | None = None  # same seed, same captions
-
-    # logit rules
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    suppress_tokens: tuple[int, ...] = ()  # token ids never generated
-    bad_words: tuple[str, ...] = ()  # words (or phrases) never generated
-    suppress_artefacts: bool = True  # BLIP-large's "arafed"/"araffe" family, see ARTEFACT_PIECES
-
-    # conditional captioning
-    prompt: str | None = None  # text the caption continues, e.g. "a photography of"
-    keep_prompt: bool = False  # return the prompt as part of the caption
-
-    def __post_init__(self) -> None:
-        # tuples keep the dataclass hashable when callers pass lists
-        object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
-        bad = (self.bad_words,) if isinstance(self.bad_words, str) else self.bad_words
-        object.__setattr__(self, "bad_words", tuple(bad))
-        self._verify()
-
-    def _verify(self) -> None:
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.num_return_sequences < 1:
-            raise ValueError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
-        if self.do_sample and self.num_beams > 1:
-            raise ValueError("beam sampling is not supported: use do_sample=True with num_beams=1")
-        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            raise ValueError(
-                f"num_return_sequences={self.num_return_sequences} cannot exceed num_beams={self.num_beams}"
-            )
-        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
-            raise ValueError("greedy search returns one caption: use num_beams > 1 or do_sample=True")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.min_new_tokens < 0:
-            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
-        if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
-            raise ValueError("min_new_tokens cannot exceed max_new_tokens")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
-        if self.early_stopping not in (True, False, "never"):
-            raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-
-    def replace(self, **overrides: Any) -> "CaptionOptions":
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"unknown caption option(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **overrides)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "CaptionOptions":
-        try:
-            base = PRESETS[name]
-        except KeyError:
-            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
-        return base.replace(**overrides)
-
-
-PRESETS = {
-    # the checkpoint's own defaults for BLIP: greedy, up to 19 new tokens
-    "default": CaptionOptions(),
-    # the BLIP paper's captioning setting: beam search with 3 beams, max 20, min 5
-    "quality": CaptionOptions(num_beams=3, max_new_tokens=20, min_new_tokens=5),
-}
-
-# BLIP-large was trained on web alt text full of the non-word "arafed" ("araffe", "arafe", ...),
-# which it emits as the word piece "ara" followed by "##fed", "##ffe", ... Suppressing the leading
-# piece removes the whole family; real words that start with this piece are very rare in captions.
-ARTEFACT_PIECES = ("ara",)
 
 
 @dataclass
@@ -223,17 +125,21 @@ def _warp(scores: Any, opts: CaptionOptions, ops: Any) -> Any:
     return scores
 
 
+def rows_per_image(opts: CaptionOptions) -> int:
+    """Rows the search runs per image: num_beams, or num_return_sequences when sampling."""
+    return opts.num_beams if opts.num_beams > 1 else opts.num_return_sequences
+
+
 def search(
     session: Session,
     first_logits: Any,
-    prompts: Any,  # (rows, P) left-padded prompt ids, [DEC] first
+    prompts: Any,  # (rows, P) left-padded prompt ids, [DEC] first; rows_per_image(opts) rows per image
     prompt_valid: Any,  # (rows, P) bool
-    group: int,  # rows per image: num_beams, or num_return_sequences when sampling
-    max_new: int,
-    opts: CaptionOptions,
+    opts: CaptionOptions,  # merged: max_new_tokens set
     rules: LogitRules,
 ) -> list[list[SearchResult]]:
     """Run the search for every image; per image, its results best first."""
+    group, max_new = rows_per_image(opts), opts.max_new_tokens
     if opts.num_beams > 1:
         return _beam(session, first_logits, prompts, prompt_valid, group, max_new, opts, rules)
     return _greedy_or_sample(session, first_logits, prompts, prompt_valid, group, max_new, opts, rules)

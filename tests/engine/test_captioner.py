@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from blipcap import Caption, CaptionOptions, Captioner, ImageError, pipeline
-from blipcap.images import NotAnImageError, UnreadableImageError
+from blipcap.images import Decoder, NotAnImageError, UnreadableImageError
 
 SEP = 102
 
@@ -31,6 +31,20 @@ def test_call_returns_the_caption_text_of_a_path(cap, tmp_path):
     text = cap(str(path), max_new_tokens=5)
     assert isinstance(text, str) and text
     assert text == cap.caption([path], max_new_tokens=5)[0].text
+
+
+def test_a_model_ready_image_is_captioned_as_it_is_without_loading_it_again(cap, tmp_path, monkeypatch):
+    path = tmp_path / "x.png"
+    colour_images(1)[0].resize((700, 500)).save(path)
+    decoded = Decoder.of(cap.preprocessor, cap.max_pixels).file(str(path))
+    expected = cap.caption([str(path), decoded], max_new_tokens=5)
+    assert expected[0].text == expected[1].text and expected[0].score == expected[1].score
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model-ready image was loaded again")
+
+    monkeypatch.setattr("blipcap.captioner.load_image", refuse)
+    assert [c.text for c in cap.caption([decoded, decoded], max_new_tokens=5)] == [expected[1].text] * 2
 
 
 def test_caption_results_are_plain_dataclasses(cap):

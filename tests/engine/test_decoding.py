@@ -40,8 +40,7 @@ def run_search(cap: Captioner, images, opts: CaptionOptions, numpy: bool, prompt
         session, logits, ops = NumpySession(session), logits.numpy(), NumpyOps()
     else:
         ops = cap.backend.ops
-    results = search(session, logits, ops.asarray(ids), ops.asarray(valid, "bool"), group, opts.max_new_tokens,
-                     opts, cap._rules(opts))
+    results = search(session, logits, ops.asarray(ids), ops.asarray(valid, "bool"), opts, cap._rules(opts))
     return [[(r.tokens, round(r.score, 3), r.finished) for r in found] for found in results]
 
 

@@ -23,6 +23,8 @@ from blipcap.images import (
     Preprocessor,
     TruncatedImageError,
     UnreadableImageError,
+    UrlFetcher,
+    UrlRefused,
     load_image,
 )
 
@@ -212,6 +214,7 @@ def http_server(monkeypatch):
         server = HTTPServer(("127.0.0.1", 0), Handler)
     except OSError:
         pytest.skip("cannot bind a loopback socket here")
+    server.handle_error = lambda request, address: None  # a fetch over its byte cap hangs up mid-body
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}", len(body)
@@ -219,12 +222,24 @@ def http_server(monkeypatch):
     server.server_close()
 
 
+def loopback_fetcher(max_bytes=50_000_000):
+    """The library's fetcher, but letting this test's loopback server stand in for a public host."""
+    return UrlFetcher(max_bytes=max_bytes, timeout_s=10.0, allow_ip=lambda address: address.is_loopback)
+
+
 def test_url_fetch(http_server):
     base, size = http_server
-    image = load_image(f"{base}/ok.png", allow_urls=True)
+    image = load_image(f"{base}/ok.png", allow_urls=True, fetcher=loopback_fetcher())
     assert image.size == (8, 6) and image.getpixel((0, 0)) == (10, 200, 30)
-    raises(ImageTooLargeError, f"{base}/ok.png", allow_urls=True, max_url_bytes=size - 1)
-    raises(UnreadableImageError, f"{base}/missing.png", allow_urls=True)
+    raises(ImageTooLargeError, f"{base}/ok.png", allow_urls=True, fetcher=loopback_fetcher(size - 1))
+    raises(UnreadableImageError, f"{base}/missing.png", allow_urls=True, fetcher=loopback_fetcher())
+
+
+def test_url_fetch_refuses_private_addresses_like_the_server(http_server):
+    base, size = http_server
+    err = raises(UrlRefused, f"{base}/ok.png", allow_urls=True)  # the default fetcher: no SSRF
+    assert "non-public address 127.0.0.1" in str(err)
+    raises(UrlRefused, "http://169.254.169.254/latest/meta-data", allow_urls=True)  # cloud metadata
 
 
 # -- conversions to RGB ----------------------------------------------------------------------------
@@ -420,19 +435,19 @@ def test_torch_inputs():
     raises(UnreadableImageError, chw[None], name="<tensor shape (1, 3, 6, 9)")
 
 
-def test_module_does_not_import_torch():
+def test_package_does_not_import_torch():
     import subprocess
     import sys
 
     import blipcap.images
 
-    # Load the file alone, so that only this module's imports are judged.
+    # Load the package under an empty stand-in for blipcap, so that only its own imports are judged.
     code = (
-        "import importlib.util as u, sys\n"
-        f"spec = u.spec_from_file_location('images', {blipcap.images.__file__!r})\n"
-        "sys.modules['images'] = m = u.module_from_spec(spec)\n"
-        "spec.loader.exec_module(m)\n"
-        "assert 'torch' not in sys.modules, 'images.py imported torch'\n"
+        "import sys, types\n"
+        "parent = sys.modules['blipcap'] = types.ModuleType('blipcap')\n"
+        f"parent.__path__ = [{str(Path(blipcap.images.__file__).parents[1])!r}]\n"
+        "import blipcap.images\n"
+        "assert 'torch' not in sys.modules, 'blipcap.images imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

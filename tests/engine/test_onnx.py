@@ -112,7 +112,6 @@ def test_session_options_are_set_on_purpose(tiny_exports):
 
 def test_onnx_fp32_tokens_equal_torch_and_transformers(random_ckpt, tmp_path):
     transformers = pytest.importorskip("transformers")
-    import torch
 
     from .test_parity import hf_generate, ids_with_eos, pixels_for
 

@@ -7,6 +7,9 @@ issue 12 (commit 7c5af4d); test_golden.py runs it again on today's code and comp
 a refactor must not change what users see. Only stdout, the output files and the server's JSON are
 compared: stderr carries timings. The input images are committed (tests/golden/photos), so the
 sha256 column does not depend on the installed Pillow's encoders.
+
+One expected file changed since, on purpose, by the hardening of issue 13 (not by the refactor):
+server_bad_option.json gained "error_type" (every request-level refusal now carries it).
 """
 
 from __future__ import annotations

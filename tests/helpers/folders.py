@@ -73,7 +73,14 @@ def run_cli(*args: str, env: dict | None = None, cwd=None, input: str | None = N
                           cwd=cwd, input=input, timeout=timeout)
 
 
-def popen_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.Popen:
+def popen_cli(*args: str, env: dict | None = None, cwd=None, stall: str | os.PathLike | None = None
+              ) -> subprocess.Popen:
+    """``blipcap ARGS`` in the background; ``stall``: a FIFO whose open blocks (tests/helpers/stalled_cli.py)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "blipcap", *args], stdout=subprocess.PIPE,
+    if stall is not None:  # run from the repository root, where `tests` is importable
+        command = ["-m", "tests.helpers.stalled_cli", os.fspath(stall)]
+        cwd = cwd or Path(__file__).resolve().parents[2]
+    else:
+        command = ["-m", "blipcap"]
+    return subprocess.Popen([sys.executable, *command, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd)

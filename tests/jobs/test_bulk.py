@@ -18,9 +18,9 @@ from PIL import Image
 from blipcap import Captioner
 from blipcap.outputs.alttext import alt_text
 from blipcap.jobs.common import Reporter, StopRequest, options_digest
-from blipcap.jobs.local import BulkJob, _decoder, _Item
+from blipcap.jobs.local import BulkJob
 from blipcap.jobs.discover import find_images
-from blipcap.images import load_image
+from blipcap.images import Decoder, load_image
 from blipcap.outputs.index import Index, IndexSink
 from blipcap.outputs.records import SinkError
 from blipcap.outputs.sinks import SidecarSink, XmpSink
@@ -101,7 +101,7 @@ def test_every_output_round_trips(cap, tmp_path):
     summary, failures = run(cap, paths, all_sinks(tmp_path, folder), batch_size=4)
     assert (summary.captioned, summary.failed, summary.skipped) == (14, 0, 0) and not failures.lines
 
-    digest = options_digest(cap._options(None, {}, 0)[1])
+    digest = options_digest(cap.merged())
     rows = {"jsonl": read_jsonl(tmp_path / "out.jsonl"), "csv": read_csv(tmp_path / "out.csv"),
             "parquet": pq.read_table(tmp_path / "out.parquet").to_pylist()}
     for fmt, table in rows.items():
@@ -236,13 +236,13 @@ def test_large_jpegs_are_decoded_at_reduced_scale_without_changing_the_model_inp
     big = tmp_path / "big.jpg"
     make_image("yellow", "triangle", "right", size=(2000, 1500)).save(big, quality=95)
     pre = cap.preprocessor
-    item = _decoder(pre.size, pre.resample, pre.do_resize, cap.max_pixels, False)(_Item(str(big), []))
-    assert item.error is None and (item.width, item.height) == (2000, 1500)  # as stored, not as drafted
+    item = Decoder.of(pre, cap.max_pixels).file(str(big))  # the folder job's decoding
+    assert (item.width, item.height) == (2000, 1500)  # as stored, not as drafted
     drafted = load_image(big, draft_size=pre.size)
     assert max(drafted.size) < 2000  # libjpeg did scale down (to 250x188)
     full = pre(load_image(big))  # what caption() would feed the model without draft mode
     assert np.abs(pre(item.image) - full).mean() < 0.02  # normalised units: ~0.5/255 of a pixel value
-    assert cap.caption([item.image])[0].text == cap.caption([big])[0].text == "a yellow triangle on the right"
+    assert cap.caption([item])[0].text == cap.caption([big])[0].text == "a yellow triangle on the right"
 
 
 def test_exif_rotated_jpeg_reports_its_upright_size(cap, tmp_path):
@@ -289,7 +289,7 @@ def test_alt_text_mode_writes_alt_text_everywhere(cap, tmp_path):
         assert Path(path).with_suffix(".txt").read_text().strip() == alt
         assert xmp_values(Path(path).with_suffix(".xmp")) == (alt, alt)
     digests = {r["options_digest"] for r in read_jsonl(tmp_path / "o.jsonl")}
-    assert digests == {options_digest(cap._options(None, {}, 0)[1], 20)}
+    assert digests == {options_digest(cap.merged(), 20)}
 
 
 def test_destinations_are_checked_before_any_model_work(cap, tmp_path):

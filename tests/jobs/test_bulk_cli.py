@@ -109,9 +109,9 @@ def _check_exactly_once(tmp_path: Path, folder: Path, table: str, expected: dict
 
 
 def _stalled_job(tmp_path: Path, table: str, first: int = 40, then: int = 56):
-    """A job over ``first`` images, then a FIFO nobody writes to (a read that hangs, like a stalled
-    network mount), then ``then`` more: it stops, deterministically, after the first images'
-    batches are written, with the later images decoded and waiting in the queue."""
+    """A job over ``first`` images, then a FIFO nobody writes to (run by ``popen_cli(stall=)``, whose
+    read then hangs, like a stalled network mount), then ``then`` more: it stops, deterministically,
+    after the first images' batches are written, with the later images decoded and waiting in the queue."""
     folder = tmp_path / "photos"
     expected = write_shapes(folder / "a", first, seed=16, size=(96, 72))
     expected |= write_shapes(folder / "b", then, seed=17, size=(96, 72))
@@ -132,7 +132,7 @@ def _unstall(stall: Path, expected: dict[str, str]) -> None:
 def test_resume_after_sigkill_captions_each_image_exactly_once(tiny_fixture, tmp_path):
     folder, stall, expected, args = _stalled_job(tmp_path, "out.jsonl")
     args[args.index(None)] = str(tiny_fixture)
-    proc = popen_cli(*args)
+    proc = popen_cli(*args, stall=stall)
     _wait_for_rows(proc, tmp_path / "out.jsonl", 40)
     time.sleep(0.3)  # let it decode the images after the stall, to be sure nothing more is written
     proc.send_signal(signal.SIGKILL)
@@ -156,7 +156,7 @@ def test_resume_after_sigkill_captions_each_image_exactly_once(tiny_fixture, tmp
 def test_sigterm_and_sigint_stop_cleanly_even_on_a_hung_read(tiny_fixture, tmp_path, signum, status):
     folder, stall, expected, args = _stalled_job(tmp_path, "out.parquet")
     args[args.index(None)] = str(tiny_fixture)
-    proc = popen_cli(*args)
+    proc = popen_cli(*args, stall=stall)
     _wait_for_rows(proc, tmp_path / ".out.parquet.partial.jsonl", 40)  # the journal Parquet is built from
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
@@ -172,6 +172,23 @@ def test_sigterm_and_sigint_stop_cleanly_even_on_a_hung_read(tiny_fixture, tmp_p
         r = run_cli(*args)
         assert r.returncode == 0, r.stderr
         _check_exactly_once(tmp_path, folder, "out.parquet", expected)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_a_fifo_named_explicitly_or_in_files_from_is_an_error_for_that_item_not_a_hang(tiny_fixture, tmp_path):
+    expected = write_shapes(tmp_path / "a", 2, seed=18)
+    named, listed = tmp_path / "named.jpg", tmp_path / "listed.png"
+    os.mkfifo(named)
+    os.mkfifo(listed)  # nobody ever writes to either: a blocking open would wait forever
+    (tmp_path / "list.txt").write_text(f"{listed}\n", encoding="utf-8")
+    r = run_cli("caption", str(tmp_path / "a"), str(named), "--files-from", str(tmp_path / "list.txt"),
+                "--model", str(tiny_fixture), "--output", str(tmp_path / "o.jsonl"),
+                "--errors", str(tmp_path / "errors.log"), timeout=120)
+    assert r.returncode == 3, r.stderr
+    log = [line.split("\t") for line in (tmp_path / "errors.log").read_text(encoding="utf-8").splitlines()]
+    assert sorted(log) == sorted([[str(named), "UnreadableImageError: not a regular file"],
+                                  [str(listed), "UnreadableImageError: not a regular file"]])
+    assert {row["path"]: row["caption"] for row in jsonl(tmp_path / "o.jsonl") if row["caption"]} == expected
 
 
 @pytest.mark.parametrize("args, message", [

@@ -21,7 +21,7 @@ import httpx  # noqa: E402
 
 from blipcap import Captioner  # noqa: E402
 from blipcap.server import ServerConfig, create_app  # noqa: E402
-from blipcap.server.urls import UrlFetcher  # noqa: E402
+from blipcap.images import UrlFetcher  # noqa: E402
 from tests.helpers.shapes import caption_for, make_image  # noqa: E402
 
 RED, BLUE, GREEN = ("red", "circle", "left"), ("blue", "square", "top"), ("green", "triangle", "right")
@@ -292,6 +292,29 @@ def test_options_are_validated(cap):
     run(scenario())
 
 
+def test_non_finite_and_out_of_range_options_are_422_not_500(cap):
+    # issue 13, item 3: each of these answered 500
+    async def scenario():
+        async with serving(cap) as c:
+            image = b64(encode(RED))
+            for options, words in [
+                ({"temperature": float("nan"), "do_sample": True}, "temperature must be a finite number"),
+                ({"repetition_penalty": float("inf")}, "repetition_penalty must be a finite number"),
+                ({"top_p": 1e-300, "do_sample": True}, "top_p must be at least"),
+                ({"temperature": 1e-300, "do_sample": True}, "temperature must be at least"),
+                ({"seed": 2**64, "do_sample": True}, "seed must be in"),
+            ]:
+                body = json.dumps({"images": [image], "options": options}).encode()  # NaN as JSON's NaN token
+                r = await c.post("/v1/caption", content=body, headers={"content-type": "application/json"})
+                assert r.status_code == 422 and words in r.json()["error"], (options, r.text)
+            for parameters in ("ab", 5, [1]):
+                r = await c.post("/v1/caption", json={"inputs": image, "parameters": parameters})
+                assert r.status_code == 422 and "parameters" in r.json()["error"], (parameters, r.text)
+            r = await c.post("/v1/caption", json={"images": [image], "options": {"max_new_tokens": None}})
+            assert r.status_code == 200  # null: the checkpoint's budget
+    run(scenario())
+
+
 def test_api_key(cap):
     async def scenario():
         async with serving(cap, api_key="s3cret") as c:
@@ -396,8 +419,9 @@ def test_prompts_ride_per_image_and_seeded_sampling_is_batched_alone(cap):
             )
             texts = [r.json()[0]["generated_text"] for r in responses]
             assert texts == ["circle on the left", caption_for(*BLUE), sampled, sampled]
-            calls = sorted((n, str(p)) for n, _, p in gated.calls)
-            assert calls == [(1, "[None]"), (1, "[None]"), (2, "['a red', None]")]
+            # which request's image is decoded first (so its place in the shared batch) is up to the threads
+            calls = sorted((n, str(sorted(p, key=str))) for n, _, p in gated.calls)
+            assert calls == [(1, "[None]"), (1, "[None]"), (2, "[None, 'a red']")]
     run(scenario())
 
 

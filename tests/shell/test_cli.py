@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +76,14 @@ def test_missing_model_offline_is_one_paragraph_without_traceback(tmp_path, fold
 def test_impossible_options_are_a_usage_error_before_loading(folder):
     r = run("caption", str(folder / "a.png"), "--model", "/nonexistent", "--beams", "0")
     assert r.returncode == 2 and "num_beams" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flags", [("--repetition-penalty", "nan"), ("--sample", "--temperature", "nan"),
+                                   ("--top-p", "inf"), ("--seed", str(2**64))])
+def test_non_finite_or_huge_options_are_a_usage_error(random_ckpt, folder, flags):
+    # issue 13, item 7: NaN captions with exit 0, or a traceback
+    r = run("caption", str(folder / "a.png"), "--model", str(random_ckpt), *flags)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_unknown_flag_is_a_usage_error(folder):

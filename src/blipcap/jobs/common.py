@@ -14,9 +14,10 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
-from ..decoding import CaptionOptions
+from ..options import CaptionOptions
 from ..images import ImageError
 from ..outputs.alttext import alt_text
+from ..outputs.paths import line_path
 from .progress import Progress
 
 
@@ -30,7 +31,7 @@ def resolve_options(captioner, options: CaptionOptions | None, overrides: dict,
                     alt_text_max: int | None) -> tuple[CaptionOptions, str]:
     """The options caption() will use for these options and overrides, and their digest (what a
     resumed job compares with the digest stored beside each caption)."""
-    opts = captioner._options(options, dict(overrides), 0)[1]
+    opts = captioner.merged(options, overrides)
     return opts, options_digest(opts, alt_text_max)
 
 
@@ -90,7 +91,7 @@ class Reporter:
         if self.errors_path is not None:
             if self._file is None:
                 self._file = open(self.errors_path, "w", encoding="utf-8", errors="surrogateescape")
-            self._file.write(f"{path}\t{reason}\n")
+            self._file.write(f"{line_path(path)}\t{reason}\n")
             self._file.flush()
         elif self.progress is not None:
             self.progress.note(f"blipcap: failed {path}: {reason}")

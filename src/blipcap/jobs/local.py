@@ -20,26 +20,19 @@ signal stopped the job. A re-run with --existing skip then continues where it st
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import os
 import signal
-import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from PIL import Image
-
-from ..decoding import CaptionOptions
-from ..images import ImageError, UnreadableImageError, load_image
+from ..options import CaptionOptions
+from ..images import Decoded, Decoder, UnreadableImageError, UrlFetcher, read_file, sha256
+from ..images.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S
 from ..outputs.records import Record, Sink
 from ..uris import is_http_url
 from .common import Reporter, StopRequest, decode_ahead, failure_text, final_text, resolve_options, result_error
 from .progress import Progress, Summary
-
-_JPEG = b"\xff\xd8\xff"
-
 
 @dataclass
 class _Item:
@@ -50,85 +43,31 @@ class _Item:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
-    image: Image.Image | None = None
+    image: Decoded | None = None  # model-ready: caption() takes it as it is
     error: str | None = None  # "<ErrorKind>: <reason>"
 
 
-def _sha256(f) -> str:
-    h = hashlib.sha256()
-    while chunk := f.read(1 << 20):
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def _decoder(size: tuple[int, int], resample: int, resize: bool, max_pixels: int | None, allow_urls: bool):
-    """The worker function: an _Item -> the same item with sha256, size and model-ready image, or error."""
+def _decode_with(decoder: Decoder):
+    """The worker function: an _Item -> the same item with its sha256, stored size and model-ready
+    image, or its error."""
 
     def decode(item: _Item) -> _Item:
         path = item.path
         try:
             if is_http_url(path):
-                image, head, source = _fetch(item, size, max_pixels, allow_urls)
+                if decoder.fetcher is None:
+                    raise UnreadableImageError(path, "URLs are fetched only with --allow-urls")
+                data = decoder.fetcher.fetch(path)
             else:
-                with open(path, "rb") as f:
-                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                        raise UnreadableImageError(path, "not a regular file")
-                    head = f.read(3)
-                    f.seek(0)
-                    item.sha256 = _sha256(f)
-                image, source = load_image(path, max_pixels=max_pixels, draft_size=size), path
-            item.image, item.width, item.height = model_input(image, head, source, size, resample, resize)
+                data = read_file(path)  # a FIFO or device is an error for this item, never a hang
+            item.sha256 = sha256(data)  # recorded even when the bytes do not decode
+            item.image = decoder.bytes(data, name=path, sha256=item.sha256)
+            item.width, item.height = item.image.width, item.image.height
         except Exception as e:  # one bad file never stops the job
             item.error = failure_text(e)
         return item
 
     return decode
-
-
-def model_input(image: Image.Image, head: bytes, source, size: tuple[int, int], resample: int,
-                resize: bool) -> tuple[Image.Image, int, int]:
-    """A decoded image resized exactly as the preprocessor would, and its stored width and height.
-
-    ``head``: the file's first 3 bytes; ``source``: the file (path or file object), read again for
-    a JPEG's stored size, which draft mode may have decoded smaller.
-    """
-    height, width = size
-    stored = _stored_size(source, image) if head == _JPEG else image.size
-    if resize and image.size != (width, height):
-        image = image.resize((width, height), resample)
-    # load_image dropped the orientation tag it applied, so caption() will not turn this again
-    return image, *stored
-
-
-def decode_bytes(data: bytes, size: tuple[int, int], resample: int, resize: bool,
-                 max_pixels: int | None) -> tuple[Image.Image, int, int]:
-    """A file's bytes decoded as the folder job decodes the file: (model-ready image, stored width,
-    height). Raises ImageError. The Ray job (distributed.py) decodes with this."""
-    image = load_image(data, max_pixels=max_pixels, draft_size=size)
-    return model_input(image, data[:3], io.BytesIO(data), size, resample, resize)
-
-
-def _fetch(item: _Item, size, max_pixels, allow_urls) -> tuple[Image.Image, bytes, io.BytesIO]:
-    from ..images import _fetch as fetch_url  # the same deadline and size cap as load_image's
-
-    if not allow_urls:
-        raise UnreadableImageError(item.path, "URLs are fetched only with --allow-urls")
-    data = fetch_url(item.path, 10.0, 50_000_000)
-    item.sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        image = load_image(data, max_pixels=max_pixels, draft_size=size)
-    except ImageError as e:
-        raise type(e)(item.path, e.reason) from e  # named by its URL, not "<bytes of N bytes>"
-    return image, data[:3], io.BytesIO(data)
-
-
-def _stored_size(source, decoded: Image.Image) -> tuple[int, int]:
-    """Width and height of a JPEG as stored (upright), which draft mode may have decoded smaller."""
-    with Image.open(source) as im:
-        w, h = im.size
-        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: stored sideways
-            w, h = h, w
-    return w, h
 
 
 class BulkJob:
@@ -173,8 +112,8 @@ class BulkJob:
         if all(s.existing == "skip" for s in self.active):  # overwrite/append ask for fresh captions
             self._seed_cache()
         self._ready: list[tuple[_Item, Record, str]] = []
-        pre = captioner.preprocessor
-        decode = _decoder(pre.size, pre.resample, pre.do_resize, captioner.max_pixels, captioner.allow_urls)
+        fetcher = UrlFetcher(max_bytes=DEFAULT_MAX_BYTES, timeout_s=DEFAULT_TIMEOUT_S) if captioner.allow_urls else None
+        decode = _decode_with(Decoder.of(captioner.preprocessor, captioner.max_pixels, fetcher))
         depth = max(2 * self.batch_size, 2 * self.workers)
         start = time.monotonic()
         decoded = decode_ahead(self._plan(), decode, self.workers, depth, self._stopping)

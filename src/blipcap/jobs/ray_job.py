@@ -5,7 +5,7 @@
       -> ray.data.read_binary_files(include_paths=True): each file's bytes, read by Ray tasks
       -> map_batches(CaptionWorker, ActorPoolStrategy): each actor loads the model once; per batch it
          hashes the bytes, drops files the output already holds captioned with the same sha256,
-         decodes the rest as the folder job does (bulk.decode_bytes: EXIF, draft JPEGs, the
+         decodes the rest as the folder job does (images.Decoder: EXIF, draft JPEGs, the
          preprocessor's resize; a bad file becomes an error row) and captions them in one call
       -> shards: one Parquet file per write task, written under a hidden name and renamed, with the
          columns of the local ``--output x.parquet`` (sinks.COLUMNS)
@@ -26,14 +26,15 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..decoding import CaptionOptions
+from ..options import CaptionOptions
 from ..hub import MODELS
+from ..spec import ModelSpec
 from ..outputs.records import Record, records_table
 from ..outputs.shards import ShardFolder, ShardRow
 from .common import Reporter, failure_text
@@ -49,21 +50,6 @@ class RayJobError(RuntimeError):
     """The Ray job stopped (a worker could not load the model, the cluster went away, ...)."""
 
 
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What every actor loads, and how it captions (the arguments of Captioner.load and caption)."""
-
-    model: str = "large"  # short name, Hub repo id, or a directory every node can read
-    revision: str | None = None
-    backend: str = "auto"
-    device: str = "auto"  # auto: CUDA when Ray gave the actor a GPU
-    dtype: str = "auto"
-    threads: int | None = None  # ONNX Runtime intra-op threads (default: the actor's CPUs)
-    options: CaptionOptions | None = None  # None: the checkpoint's defaults
-    overrides: dict[str, Any] = field(default_factory=dict)  # CaptionOptions fields, as caption() takes them
-    alt_text_max: int | None = None  # rewrite captions as alt text of at most this many characters
 
 
 @dataclass(frozen=True)
@@ -93,12 +79,18 @@ class RayJob:
     worker = CaptionWorker
 
     def __init__(self, inputs: Sequence[str], output: str, model: ModelSpec | None = None,
-                 pool: PoolSpec | None = None, *, files_from: str | None = None, recursive: bool = True,
-                 reporter: Reporter | None = None, quiet: bool = False):
+                 pool: PoolSpec | None = None, *, options: CaptionOptions | None = None,
+                 overrides: dict[str, Any] | None = None, alt_text_max: int | None = None,
+                 files_from: str | None = None, recursive: bool = True, reporter: Reporter | None = None,
+                 quiet: bool = False):
+        """model: what every actor loads (device auto: CUDA when Ray gave the actor a GPU; threads
+        default: the actor's CPUs). options (None: the checkpoint's defaults) and overrides (CaptionOptions
+        fields, as caption() takes them) say how it captions; alt_text_max rewrites captions as alt text."""
         model = model or ModelSpec()
         if os.path.isdir(os.path.expanduser(model.model)):  # the actors' working folder is not ours
             model = replace(model, model=os.path.abspath(os.path.expanduser(model.model)))
         self.inputs, self.output, self.model, self.pool = list(inputs), output, model, pool or PoolSpec()
+        self.options, self.overrides, self.alt_text_max = options, dict(overrides or {}), alt_text_max
         self.files_from, self.recursive = files_from, recursive
         self.reporter = reporter or Reporter()
         self.quiet = quiet
@@ -137,7 +129,8 @@ class RayJob:
                 ray.data.DataContext.get_current().enable_progress_bars = False
             workers = self._pool_size(ray, local)
             keys = ray.put(np.array(sorted(done_key(p, s) for p, s in done.items()), dtype="S16"))
-            spec = WorkerSpec(self.model, plan.prefix, max(1, math.floor(self.pool.cpus_per_worker)))
+            spec = WorkerSpec(self.model, self.options, self.overrides, self.alt_text_max, plan.prefix,
+                              max(1, math.floor(self.pool.cpus_per_worker)))
             # one block per batch: an actor task is one batch, so every worker gets work and a lost
             # worker costs one batch (Ray sizes blocks by bytes: a small job would be one block)
             blocks = math.ceil(len(to_read) / self.pool.batch_size)

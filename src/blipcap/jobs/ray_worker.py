@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
+from ..images import Decoder
+from ..options import CaptionOptions
 from ..outputs.records import Record, records_table
 from ..outputs.shards import ShardFolder, write_shard
+from ..spec import ModelSpec
 from .common import failure_text, final_text, resolve_options, result_error
-from .local import decode_bytes
-
-if TYPE_CHECKING:
-    from .ray_job import ModelSpec
 
 
 def require_ray():
@@ -56,7 +55,12 @@ def done_key(path: str, sha256: str) -> bytes:
 
 @dataclass(frozen=True)
 class WorkerSpec:
+    """What every actor loads, how it captions, and where its rows go."""
+
     model: ModelSpec
+    options: CaptionOptions | None  # None: the checkpoint's defaults
+    overrides: dict[str, Any]  # CaptionOptions fields, as caption() takes them
+    alt_text_max: int | None  # rewrite captions as alt text of at most this many characters
     prefix: str  # turns the paths Ray reports into recorded paths
     decode_threads: int
 
@@ -72,14 +76,10 @@ class CaptionWorker:
 
         if not isinstance(done, np.ndarray):  # an ObjectRef: Ray Data passes constructor args as given
             done = require_ray().get(done)
-        m = spec.model
         self.spec, self.done = spec, done
-        threads = m.threads or spec.decode_threads
-        self.cap = Captioner.load(m.model, revision=m.revision, backend=m.backend, device=m.device, dtype=m.dtype,
-                                  threads=threads)
-        self.options, self.digest = resolve_options(self.cap, m.options, m.overrides, m.alt_text_max)
-        pre = self.cap.preprocessor
-        self._decode_args = (pre.size, pre.resample, pre.do_resize, self.cap.max_pixels)
+        self.cap = Captioner.load(replace(spec.model, threads=spec.model.threads or spec.decode_threads))
+        self.options, self.digest = resolve_options(self.cap, spec.options, spec.overrides, spec.alt_text_max)
+        self.decoder = Decoder.of(self.cap.preprocessor, self.cap.max_pixels)
         self.pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="blipcap-decode")
 
     def __call__(self, batch):
@@ -88,9 +88,9 @@ class CaptionWorker:
         blobs = batch.column("bytes").to_pylist()
         shas = list(self.pool.map(lambda b: hashlib.sha256(b).hexdigest(), blobs))  # hashlib frees the GIL
         todo = [i for i, hit in enumerate(self._done(paths, shas)) if not hit]
-        decoded = dict(zip(todo, self.pool.map(self._decode, [blobs[i] for i in todo])))  # image, w, h | error
+        decoded = dict(zip(todo, self.pool.map(self._decode, [blobs[i] for i in todo], [shas[i] for i in todo])))
         ready = [i for i in todo if not isinstance(decoded[i], str)]
-        results = self.cap.caption([decoded[i][0] for i in ready], self.options, errors="return",
+        results = self.cap.caption([decoded[i] for i in ready], self.options, errors="return",
                                    batch_size=max(1, len(ready))) if ready else []
         results = dict(zip(ready, results))
         records = []
@@ -98,9 +98,9 @@ class CaptionWorker:
             caption = score = width = height = None
             error = decoded[i] if isinstance(decoded[i], str) else None
             if i in results:
-                _, width, height = decoded[i]
+                width, height = decoded[i].width, decoded[i].height
                 if results[i].ok:
-                    caption, score = final_text(results[i].text, self.spec.model.alt_text_max), results[i].score
+                    caption, score = final_text(results[i].text, self.spec.alt_text_max), results[i].score
                 else:  # cannot happen for decoded images; recorded if it ever does
                     error = result_error(results[i])
             records.append(Record(paths[i], caption, score, shas[i], width, height, self.cap.model_id,
@@ -114,8 +114,9 @@ class CaptionWorker:
         at = np.minimum(np.searchsorted(self.done, keys), len(self.done) - 1)
         return self.done[at] == keys
 
-    def _decode(self, data: bytes):
+    def _decode(self, data: bytes, sha256: str):
+        """A file's bytes -> a model-ready Decoded, or its failure text."""
         try:
-            return decode_bytes(data, *self._decode_args)
+            return self.decoder.bytes(data, sha256=sha256)
         except Exception as e:  # one bad file never stops the job
             return failure_text(e)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -11,10 +12,19 @@ from typing import Iterator
 from .records import SinkError
 
 
+def hidden_name(name: str, suffix: str) -> str:
+    """``.NAME<suffix>``, hidden beside NAME; a digest of NAME instead when that would pass the 255
+    bytes a file name may have (a 250-byte image name still gets its temp file and lock)."""
+    candidate = f".{name}{suffix}"
+    if len(os.fsencode(candidate)) <= 255:
+        return candidate
+    return f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:40]}{suffix}"
+
+
 def temp_name(name: str) -> str:
     """The hidden name a file is written under before its rename: never picked up as an input, and
     recognised (``is_temp``) so that what a killed job left behind can be cleaned up."""
-    return f".{name}.blipcap-tmp"
+    return hidden_name(name, ".blipcap-tmp")
 
 
 def is_temp(name: str) -> bool:
@@ -53,3 +63,20 @@ def check_writable(path: Path, what: str) -> None:
             tempfile.TemporaryFile(dir=path.parent).close()
     except OSError as e:
         raise SinkError(f"cannot write {what} {path}: {e.strerror or e}") from e
+
+
+def lock_output(path: Path, what: str):
+    """Hold ``path`` for this job (a hidden ``.NAME.lock`` beside it, through filelock): a second job
+    writing the same output would duplicate its rows, so it is refused at once with a SinkError.
+    The lock goes with the process (flock), so a killed job never leaves a stale one."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path.with_name(hidden_name(path.name, ".lock"))), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SinkError(f"{what} {path} is being written by another blipcap job; wait for it to finish, "
+                        f"or write to another file") from None
+    except OSError as e:
+        raise SinkError(f"cannot lock {what} {path}: {e.strerror or e}") from e
+    return lock

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .paths import path_from_text, path_text
 from .records import Record, Sink, SinkError, check_mode
 
 SCHEMA_VERSION = 1
@@ -107,6 +108,8 @@ class Index:
         try:
             self.db = sqlite3.connect(self.path)
             self._check_schema()
+        except sqlite3.OperationalError as e:  # the file is fine; the disk or the permissions are not
+            raise SinkError(f"cannot open the index {self.path}: {e}") from e
         except sqlite3.DatabaseError as e:
             raise SinkError(f"{self.path} is not a blipcap index ({e})") from e
 
@@ -129,17 +132,23 @@ class Index:
 
     def stamp(self, path: str) -> tuple[int, int] | None:
         """(size, mtime_ns) recorded for ``path`` (absolute), or None."""
-        row = self.db.execute("SELECT size, mtime_ns FROM images WHERE path = ?", (path,)).fetchone()
+        row = self.db.execute("SELECT size, mtime_ns FROM images WHERE path = ?", (path_text(path),)).fetchone()
         return (row[0], row[1]) if row else None
 
     def put(self, records: Sequence[Record]) -> None:
         """Insert or replace the rows of captioned records; drop the rows of records that failed."""
+        try:
+            self._put(records)
+        except sqlite3.DatabaseError as e:  # full disk, a file damaged under us: earlier batches are committed
+            raise SinkError(f"cannot write the index {self.path}: {e}; the batches before are kept") from e
+
+    def _put(self, records: Sequence[Record]) -> None:
         now = time.time()
         with self.db:
             for r in records:
                 path = os.path.abspath(r.path)
                 if not r.ok:
-                    self.db.execute("DELETE FROM images WHERE path = ?", (path,))
+                    self.db.execute("DELETE FROM images WHERE path = ?", (path_text(path),))
                     continue
                 try:
                     st = os.stat(path)
@@ -154,18 +163,18 @@ class Index:
                     " size = excluded.size, mtime_ns = excluded.mtime_ns, model_id = excluded.model_id,"
                     " revision = excluded.revision, options_digest = excluded.options_digest,"
                     " indexed_at = excluded.indexed_at",
-                    (path, r.caption or "", r.score, r.sha256, r.width, r.height, size, mtime, r.model_id,
+                    (path_text(path), r.caption or "", r.score, r.sha256, r.width, r.height, size, mtime, r.model_id,
                      r.revision, r.options_digest, now),
                 )
 
     def records(self) -> list[Record]:
         rows = self.db.execute("SELECT path, caption, score, sha256, width, height, model_id, revision,"
                                " options_digest FROM images ORDER BY path")
-        return [Record(*row) for row in rows]
+        return [Record(path_from_text(path), *rest) for path, *rest in rows]
 
     def prune(self) -> list[str]:
         """Drop the rows of files that no longer exist; return their paths."""
-        gone = [p for (p,) in self.db.execute("SELECT path FROM images") if not os.path.exists(p)]
+        gone = [p for (p,) in self.db.execute("SELECT path FROM images") if not os.path.exists(path_from_text(p))]
         with self.db:
             self.db.executemany("DELETE FROM images WHERE path = ?", [(p,) for p in gone])
         return gone
@@ -178,7 +187,11 @@ class Index:
                " FROM captions JOIN images ON images.id = captions.rowid"
                " WHERE captions MATCH ? ORDER BY bm25(captions), images.path LIMIT ?")
         for any_word in (False, True):
-            rows = self.db.execute(sql, (*highlight, fts_query(query, any_word), limit)).fetchall()
+            try:
+                rows = self.db.execute(sql, (*highlight, fts_query(query, any_word), limit)).fetchall()
+            except sqlite3.DatabaseError as e:  # a damaged file can open and still fail here
+                raise SinkError(f"cannot search the index {self.path}: {e}; build it again with "
+                                f"`blipcap index PHOTOS...` after moving it away") from e
             if rows:
                 return [Hit(*row) for row in rows]
         return []

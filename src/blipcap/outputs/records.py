@@ -90,7 +90,10 @@ def records_table(records: list[Record]):
     """Records -> a pyarrow Table with arrow_schema()."""
     import pyarrow as pa
 
-    return pa.Table.from_pylist([{k: getattr(r, k) for k in COLUMNS} for r in records], schema=arrow_schema())
+    from .paths import path_text
+
+    rows = [{**{k: getattr(r, k) for k in COLUMNS}, "path": path_text(r.path)} for r in records]
+    return pa.Table.from_pylist(rows, schema=arrow_schema())
 
 
 def arrow_strings(values: Iterable[str]):

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from . import xmp
 from .atomic import atomic_write
+from .paths import line_path, path_text
 from .records import Record, Sink, SinkError, check_mode
 
 
@@ -107,7 +108,8 @@ class XmpSink(_FileBeside):
 
 
 class PrintSink(Sink):
-    """Standard output: ``path<TAB>caption`` lines, or one JSON object per line with ``json=True``."""
+    """Standard output: ``path<TAB>caption`` lines, or one JSON object per line with ``json=True``
+    (paths as paths.py writes them)."""
 
     passive = True
     wants_errors = True
@@ -119,14 +121,14 @@ class PrintSink(Sink):
         out = self.stream or sys.stdout
         for r in records:
             if self.json_lines:
-                row = {"path": r.path, "caption": r.caption, "score": r.score}
+                row = {"path": path_text(r.path), "caption": r.caption, "score": r.score}
                 if r.error is not None:
                     row["error"] = r.error
                 if r.alternatives:
                     row["alternatives"] = [{"caption": t, "score": s} for t, s in r.alternatives]
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             elif r.ok:
-                out.write(f"{r.path}\t{r.caption}\n")
+                out.write(f"{line_path(r.path)}\t{r.caption}\n")
         out.flush()
         return []
 

@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .atomic import atomic_write, check_writable, replacing
+from .atomic import atomic_write, check_writable, lock_output, replacing
+from .paths import path_from_text, path_text
 from .records import COLUMNS, Record, Sink, SinkError, arrow_schema, check_mode, records_table
 
 
@@ -31,12 +32,14 @@ class _Table(Sink):
     what = "output"
     wants_errors = True
 
-    def __init__(self, path: str | os.PathLike, existing: str = "skip"):
+    def __init__(self, path: str | os.PathLike, existing: str = "skip", *, lock: bool = True):
         self.path, self.existing = Path(path), check_mode(existing)
         self._last: dict[str, str | None] = {}  # key -> error of its last row (None: captioned)
         self._stale = False  # some row is superseded by a later one for the same key
         self._file: io.TextIOBase | None = None
         check_writable(self.path, self.what)
+        # before reading it: a second job is refused (a Parquet output's journal is covered by its table's lock)
+        self._lock = lock_output(self.path, self.what) if lock else None
         if self.path.is_file() and self.path.stat().st_size:
             self._check_ours()  # before any repair: never cut someone else's file
             self._repair_tail()
@@ -60,7 +63,7 @@ class _Table(Sink):
 
     def _scan(self) -> Iterator[tuple[str, str | None]]:
         for row in self.rows():
-            yield row["path"], row.get("error") or None
+            yield path_from_text(row["path"]), row.get("error") or None
 
     def has(self, path: str) -> bool:
         return path in self._last and self._last[path] is None
@@ -88,21 +91,44 @@ class _Table(Sink):
         return []
 
     def _append(self, text: str) -> None:
-        if self._file is None:
-            new = not self.path.is_file() or self.path.stat().st_size == 0
-            self._file = open(self.path, "a", encoding="utf-8", newline="")
-            if new:
-                text = self._header() + text
-        self._file.write(text)
-        self._file.flush()  # one batch at a time: a kill loses at most the batch being written
+        try:
+            if self._file is None:
+                new = not self.path.is_file() or self.path.stat().st_size == 0
+                self._file = open(self.path, "a", encoding="utf-8", newline="")
+                if new:
+                    text = self._header() + text
+            self._file.write(text)
+            self._file.flush()  # one batch at a time: a kill loses at most the batch being written
+        except OSError as e:  # a full disk, a lost mount: the batches before are in the file
+            self._discard()
+            raise SinkError(f"cannot write {self.what} {self.path}: {e.strerror or e}; the rows written "
+                            f"before are kept, and a re-run continues after them") from e
 
     def close(self) -> None:
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if self._stale:
+                self._compact()
+                self._stale = False
+        except OSError as e:
+            self._discard()
+            raise SinkError(f"cannot write {self.what} {self.path}: {e.strerror or e}") from e
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _discard(self) -> None:
+        """Drop the file after a failed write: what is still buffered cannot be written either (a torn
+        last line is cut off when the table is next opened)."""
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the descriptor is closed all the same
             self._file = None
-        if self._stale:
-            self._compact()
-            self._stale = False
+        self._stale = False  # no compaction on a disk that just refused a write
 
     def _compact(self) -> None:
         """Rewrite the table with the last row for each key, atomically."""
@@ -153,6 +179,7 @@ class _Table(Sink):
 
 def _record(row: dict) -> Record:
     values = {name: row.get(name) for name in COLUMNS}
+    values["path"] = path_from_text(values["path"])
     for name in ("width", "height"):
         values[name] = int(values[name]) if values[name] not in (None, "") else None
     values["score"] = float(values["score"]) if values["score"] not in (None, "") else None
@@ -193,8 +220,8 @@ class JsonlSink(_Table):
             return False
 
     def _format(self, records: list[Record]) -> str:
-        return "".join(json.dumps({k: getattr(r, k) for k in COLUMNS}, ensure_ascii=False) + "\n"
-                       for r in records)
+        return "".join(json.dumps({k: path_text(r.path) if k == "path" else getattr(r, k) for k in COLUMNS},
+                                  ensure_ascii=False) + "\n" for r in records)
 
 
 class CsvSink(_Table):
@@ -219,7 +246,8 @@ class CsvSink(_Table):
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         for r in records:
-            writer.writerow(["" if getattr(r, k) is None else getattr(r, k) for k in COLUMNS])
+            cells = {**{k: getattr(r, k) for k in COLUMNS}, "path": path_text(r.path)}
+            writer.writerow(["" if cells[k] is None else cells[k] for k in COLUMNS])
         return out.getvalue()
 
 
@@ -253,7 +281,7 @@ class MetadataSink(JsonlSink):
 
     def _scan(self) -> Iterator[tuple[str, str | None]]:
         for row in self.rows():
-            yield row["file_name"], None
+            yield path_from_text(row["file_name"]), None
 
     def _row_key(self, row: dict) -> str:
         return row["file_name"]
@@ -262,7 +290,7 @@ class MetadataSink(JsonlSink):
         return iter(())  # no sha256 or options digest here
 
     def _format(self, records: list[Record]) -> str:
-        return "".join(json.dumps({"file_name": self.key(r), "text": r.caption}, ensure_ascii=False) + "\n"
+        return "".join(json.dumps({"file_name": path_text(self.key(r)), "text": r.caption}, ensure_ascii=False) + "\n"
                        for r in records)
 
     def _format_rows(self, rows: Iterable[dict]) -> str:
@@ -283,11 +311,12 @@ class ParquetSink(Sink):
             raise SinkError("--output *.parquet requires the pyarrow package: pip install 'blipcap[parquet]'") from None
         self.path, self.existing = Path(path), check_mode(existing)
         check_writable(self.path, "output")
-        self.journal = JsonlSink(self.path.with_name(f".{self.path.name}.partial.jsonl"), "append")
+        self._lock = lock_output(self.path, "output")
+        self.journal = JsonlSink(self.path.with_name(f".{self.path.name}.partial.jsonl"), "append", lock=False)
         self._old = self._read_old()
         self._last: dict[str, str | None] = {}
         for path_, error in zip(self._old.column("path").to_pylist(), self._old.column("error").to_pylist()):
-            self._last[path_] = error
+            self._last[path_from_text(path_)] = error
         self._last.update(self.journal._last)
 
     def _read_old(self):
@@ -320,6 +349,12 @@ class ParquetSink(Sink):
         return self.journal.write(keep)
 
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            self._lock.release()
+
+    def _close(self) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -331,8 +366,12 @@ class ParquetSink(Sink):
         old = self._old
         if self.existing != "append":
             old = old.filter(pc.invert(pc.is_in(old.column("path"), value_set=new.column("path"))))
-        with replacing(self.path) as tmp:
-            pq.write_table(pa.concat_tables([old, new]), tmp)
+        try:
+            with replacing(self.path) as tmp:
+                pq.write_table(pa.concat_tables([old, new]), tmp)
+        except OSError as e:  # the journal stays: the next run rebuilds the table from it
+            raise SinkError(f"cannot write output {self.path}: {e.strerror or e}; its rows are kept in "
+                            f"{self.journal.path.name} and a re-run writes them") from e
         self.journal.path.unlink()
         self._old = pq.read_table(self.path)
 

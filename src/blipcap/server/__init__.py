@@ -5,10 +5,11 @@
     app = create_app(Captioner.load("large"), ServerConfig(max_batch_size=16))
 
 Modules: `config` (the limits), `app` (routes and request handling), `batcher` (the dynamic
-micro-batcher and the model thread), `inputs` (request bodies -> images and options), `urls`
-(SSRF-safe URL fetching), `metrics` (Prometheus text), `run` (uvicorn with graceful shutdown),
-`static/` (the web page); `openai/` and `ollama/` (the compatible endpoints, each protocol.py /
-serving.py / router.py) over `compat` (what they share: names, the option mapping, token counts).
+micro-batcher and the model thread), `inputs` (request bodies -> images and options; decoding and
+SSRF-safe URL fetching are `blipcap.images`'), `metrics` (Prometheus text), `run` (uvicorn with
+graceful shutdown), `static/` (the web page); `openai/` and `ollama/` (the compatible endpoints, each
+protocol.py / serving.py / router.py) over `compat` (what they share: names, the option mapping,
+token counts).
 """
 
 from __future__ import annotations

@@ -21,13 +21,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from ..captioner import Caption
-from ..decoding import CaptionOptions
-from ..images import ImageError
+from ..images import Decoder, ImageError, UrlFetcher
+from ..options import CaptionOptions
 from .batcher import Batcher, QueueFull
 from .config import ServerConfig
 from .inputs import ApiError, Upload, decode, from_form, from_json, is_image, parse_options
@@ -35,7 +36,6 @@ from .metrics import Metrics
 from .ollama import router as ollama_router
 from .openai import router as openai_router
 from .schemas import CAPTION_REQUEST_BODY, CAPTION_RESPONSES
-from .urls import UrlFetcher
 
 STATIC = Path(__file__).parent / "static"
 ROUTES = ("/", "/v1/caption", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json",
@@ -52,6 +52,7 @@ class Service:
         if config.allow_urls and fetcher is None:
             fetcher = UrlFetcher(max_bytes=config.max_url_bytes, timeout_s=config.url_timeout_s)
         self.fetcher = fetcher if config.allow_urls else None
+        self.images = Decoder.of(captioner.preprocessor, config.max_pixels, self.fetcher)
         self.ready = False
         self.draining = False
         self.batcher: Batcher | None = None
@@ -124,7 +125,6 @@ class Service:
         """The protocol-free core: reserve queue slots (503 when full), decode on the decode threads,
         caption through the batcher (sharing model calls with every other request), count each image."""
         self.check_count(uploads)
-        cfg, cap = self.config, self.captioner
         prompt, options = options.prompt, options.replace(prompt=None)  # prompts ride per image
         self._requests += 1
         # Seeded sampling depends on the whole batch's draws: batch such a request only with itself.
@@ -136,7 +136,7 @@ class Service:
         try:
             loop = asyncio.get_running_loop()
             decoded = await asyncio.gather(*(
-                loop.run_in_executor(self.decoder, _decode, u, cfg.max_pixels, cap.preprocessor, self.fetcher)
+                loop.run_in_executor(self.decoder, decode, u, self.images)
                 for u in uploads))
             good = [image for image in decoded if is_image(image)]
             futures = self.batcher.submit(reservation, good, [prompt] * len(good), options, key) if good else []
@@ -185,10 +185,6 @@ class Service:
         if ctype == "application/json":
             return from_json(body)
         return [Upload("body", data=body)], {}  # a raw image, as the Hugging Face Inference API takes
-
-
-def _decode(upload: Upload, max_pixels, preprocessor, fetcher):
-    return decode(upload, max_pixels=max_pixels, preprocessor=preprocessor, fetcher=fetcher)
 
 
 def _entry(caption: Any) -> dict:
@@ -248,9 +244,12 @@ class LimitAndCount:
             metrics.requests.labels(route=route, status=str(status["code"])).inc()
 
 
+_KINDS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
 def _error(e: ApiError, metrics: Metrics) -> JSONResponse:
     metrics.errors.labels(kind=e.kind).inc()
-    return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+    return JSONResponse({"error": e.message, "error_type": e.kind}, status_code=e.status, headers=e.headers)
 
 
 # --- the app -----------------------------------------------------------------------------------------
@@ -270,6 +269,9 @@ def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: U
     app.state.service = service
     app.add_middleware(LimitAndCount, service=service)
     app.add_exception_handler(ApiError, lambda request, e: _error(e, service.metrics))
+    # Starlette's own refusals (unknown route, wrong method) in the same shape as ours, not {"detail"}
+    app.add_exception_handler(StarletteHTTPException, lambda request, e: _error(
+        ApiError(e.status_code, str(e.detail), _KINDS.get(e.status_code, "http_error"), e.headers), service.metrics))
 
     bearer = HTTPBearer(auto_error=False, description="the API key, when the server was started with --api-key-env")
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key (alternative header)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..captioner import Caption
-from ..decoding import CaptionOptions
+from ..options import CaptionOptions
 from ..images import ImageError
 from .inputs import ApiError, Upload, parse_options
 

@@ -18,6 +18,11 @@ class ServerConfig:
     max_upload_mb: float = 20.0  # request body, whatever its shape; more -> 413
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # per image, from its header; more -> 422
     timeout_s: float = 60.0  # body read + decode + queue + model; more -> 504
+
+    # connections (see connections.py)
+    header_timeout_s: float = 10.0  # request line + headers; later -> 408 and closed
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1000  # open at once; more -> 503 + Retry-After
     max_beams: int = 8  # num_beams and num_return_sequences above this -> 422
     max_new_tokens: int = 64  # also bounded by the model's positions
 
@@ -42,7 +47,9 @@ class ServerConfig:
             raise ValueError("max_queue must be >= 1")
         if self.max_upload_mb <= 0 or self.max_url_mb <= 0:
             raise ValueError("upload and URL size caps must be > 0")
-        if self.timeout_s <= 0 or self.url_timeout_s <= 0:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        if min(self.timeout_s, self.url_timeout_s, self.header_timeout_s, self.keep_alive_s) <= 0:
             raise ValueError("timeouts must be > 0")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError("max_pixels must be >= 1")

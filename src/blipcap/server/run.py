@@ -11,6 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .config import ServerConfig
+from .connections import guarded_protocol
 
 
 class _Server(uvicorn.Server):
@@ -29,16 +30,31 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _raise_open_files_limit(want: int) -> None:
+    """Let the process hold max_connections sockets (the soft limit is often 1024), up to the hard limit."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
 def serve(captioner: Any, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info") -> None:
     app = create_app(captioner, config)
+    protocol = guarded_protocol(app.state.service.metrics, header_timeout_s=config.header_timeout_s,
+                                max_connections=config.max_connections)
     uv = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level,
+        app, host=host, port=port, log_level=log_level, http=protocol,
         # in-flight requests are bounded by timeout_s: give them that long to finish
         timeout_graceful_shutdown=int(config.timeout_s) + 5,
-        # a backstop on open connections, beyond the image queue's own bound
-        limit_concurrency=config.max_queue + 64,
+        timeout_keep_alive=int(config.keep_alive_s),
+        # the connection limit is the protocol's (counted, with Retry-After), not uvicorn's own
+        limit_concurrency=None,
         # the server, not uvicorn, is the one to say what it is
         server_header=False,
     )
+    _raise_open_files_limit(config.max_connections + 256)
     _Server(uv, app.state.service).run()

@@ -23,7 +23,8 @@ class ImageErrorEntry(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str
+    error: str  # what was wrong, for people
+    error_type: str  # a stable name for it, for programs: bad_request, too_large, queue_full, ...
 
 
 _entries = {"description": "one entry per image, in order", "model": list[CaptionEntry | ImageErrorEntry]}

@@ -1,6 +1,5 @@
 """The Ollama API shapes (/api/generate, /api/chat, /api/tags, /api/show, /api/version) as Ollama
-spells them. Its error shape {"error": "..."} is the server's own: refusals are ApiErrors, which the
-app answers so.
+spells them, and its error shape {"error": "..."}.
 
 Ollama's model options that mean something to BLIP are read (num_predict, temperature, top_p, top_k,
 seed, repeat_penalty); the others (num_ctx, mirostat...) are accepted and ignored, as are `format`,
@@ -12,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..inputs import ApiError
@@ -134,6 +136,11 @@ class ChatResponse(BaseModel):
 # --- errors ------------------------------------------------------------------------------------------
 
 
+class ErrorResponse(BaseModel):
+    error: str
+
+
+
 def model_not_found(name: str) -> ApiError:
     return ApiError(404, f'model "{name}" not found', "model_not_found")
 
@@ -146,3 +153,22 @@ def parse_request(model: type[BaseModel], body: bytes) -> Any:
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise ApiError(400, f"{where}: {first['msg']}", "bad_request") from None
 
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+
+
+class OllamaRoute(APIRoute):
+    """Answers every refusal of its routes (the API key check included) in Ollama's error shape."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request):
+            try:
+                return await handler(request)
+            except ApiError as e:
+                request.app.state.service.metrics.errors.labels(kind=e.kind).inc()
+                return error_response(e)
+
+        return route

@@ -7,15 +7,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ..schemas import ErrorBody
 from . import serving
-from .protocol import ChatResponse, GenerateResponse, ShowResponse, TagsResponse, VersionResponse
+from .protocol import (ChatResponse, ErrorResponse, GenerateResponse, OllamaRoute, ShowResponse, TagsResponse,
+                       VersionResponse)
 
-_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 503, 504)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503, 504)}
 
 
 def build(service: Any, auth: Any) -> APIRouter:
-    router = APIRouter(dependencies=[auth], tags=["Ollama-compatible"])
+    router = APIRouter(route_class=OllamaRoute, dependencies=[auth], tags=["Ollama-compatible"])
 
     @router.get("/api/version", response_model=VersionResponse, summary="The server's version")
     async def version():

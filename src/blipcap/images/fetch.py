@@ -1,4 +1,5 @@
-"""Fetching image URLs for the service without SSRF: public http(s) addresses only.
+"""The one image-URL fetcher (the library's allow_urls, the folder job's --allow-urls, the service):
+no SSRF, public http(s) addresses only.
 
 Every hop (the URL and each redirect) is checked before any connection is made: the scheme must
 be http or https, the host is resolved, and every address it resolves to must be public
@@ -21,9 +22,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..images import ImageTooLargeError, UnreadableImageError
+from .errors import ImageTooLargeError, UnreadableImageError
 
 MAX_REDIRECTS = 3
+DEFAULT_TIMEOUT_S = 10.0  # the library's and the folder job's; the server has its own settings
+DEFAULT_MAX_BYTES = 50_000_000
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 Connector = Callable[[str, int, float], socket.socket]
@@ -68,7 +71,7 @@ def is_public(addr: Address) -> bool:
 
 
 class UrlRefused(UnreadableImageError):
-    """A URL the service will not fetch (scheme, address, too many redirects)."""
+    """A URL that is not fetched (scheme, address, too many redirects)."""
 
 
 @dataclass

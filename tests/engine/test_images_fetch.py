@@ -1,4 +1,4 @@
-"""SSRF-safe URL fetching (blipcap.server.urls). Every connection is to 127.0.0.1: the resolver is a
+"""SSRF-safe URL fetching (blipcap.images.fetch). Every connection is to 127.0.0.1: the resolver is a
 table (no DNS query is made), and the connector refuses, and records, any other address. The test
 stands in "127.0.0.1" for a public address, so that redirects and caps can be checked end to end."""
 
@@ -14,7 +14,7 @@ import time
 import pytest
 
 from blipcap.images import ImageTooLargeError, UnreadableImageError
-from blipcap.server.urls import UrlFetcher, UrlRefused, is_public
+from blipcap.images.fetch import UrlFetcher, UrlRefused, is_public
 from tests.helpers.shapes import make_image
 
 
@@ -206,7 +206,7 @@ def test_the_app_captions_a_fetched_url(server, rec, tiny_fixture):
     pytest.importorskip("fastapi")
     import asyncio
 
-    from .test_server_app import serving
+    from tests.server.test_server_app import serving
 
     from blipcap import Captioner
 
