@@ -5,16 +5,20 @@
 
 Builds a random-initialised checkpoint of the chosen shape in a temp dir (nothing is downloaded),
 starts `blipcap serve` on a free 127.0.0.1 port, and sends 640x480 JPEGs, one image per request,
-first one request at a time, then from `--clients` concurrent clients. Every caption is forced to
-exactly `--new-tokens` tokens (min = max) so both phases do the same work. Reports images/s, p50 and
-p99 latency of each phase, their throughput ratio, and the mean batch size the server formed (from
-its /metrics). All traffic stays on the loopback interface.
+first one request at a time, then from `--clients` concurrent clients, then the same concurrent load
+as OpenAI chat completions (POST /v1/chat/completions, the image as a data: URL, the same options
+through `caption_options`). Every caption is forced to exactly `--new-tokens` tokens (min = max) so
+all phases do the same work. Reports images/s, p50 and p99 latency of each phase, the concurrent
+throughput over the sequential, chat completions' throughput over /v1/caption's under the same
+load, and the mean batch size the server formed (from its /metrics). All traffic stays on the
+loopback interface.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import io
 import json
 import os
@@ -48,7 +52,8 @@ def start_server(model: Path, args, log) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "blipcap", "serve", "--model", str(model), "--device", args.device,
            "--dtype", args.dtype, "--host", "127.0.0.1", "--port", str(port),
            "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-           "--max-queue", str(max(256, 2 * args.clients)), "--timeout-s", "3600", "--log-level", "warning"]
+           "--max-queue", str(max(256, 2 * args.clients)), "--timeout-s", "3600", "--log-level", "warning",
+           "--served-model-name", "bench"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -65,19 +70,30 @@ def start_server(model: Path, args, log) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not become ready")
 
 
-async def phase(base: str, bodies: list[bytes], options: dict, requests: int, clients: int) -> tuple[float, list]:
-    """`requests` single-image requests from `clients` concurrent clients: (wall seconds, latencies)."""
+async def phase(base: str, bodies: list[bytes], options: dict, requests: int, clients: int,
+                chat: bool = False) -> tuple[float, list]:
+    """`requests` single-image requests from `clients` concurrent clients, to /v1/caption or (chat)
+    /v1/chat/completions: (wall seconds, latencies)."""
     latencies: list[float] = []
     next_index = iter(range(requests))
     form = {"options": json.dumps(options)}
 
+    async def send(http: httpx.AsyncClient, i: int) -> httpx.Response:
+        body = bodies[i % len(bodies)]
+        if not chat:
+            return await http.post(f"{base}/v1/caption", files={"image": (f"{i}.jpg", body, "image/jpeg")}, data=form)
+        url = "data:image/jpeg;base64," + base64.b64encode(body).decode()
+        message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+        return await http.post(f"{base}/v1/chat/completions",
+                               json={"model": "bench", "messages": [message], "caption_options": options})
+
     async def client(http: httpx.AsyncClient):
         for i in next_index:
-            body = bodies[i % len(bodies)]
             t0 = time.perf_counter()
-            r = await http.post(f"{base}/v1/caption", files={"image": (f"{i}.jpg", body, "image/jpeg")}, data=form)
+            r = await send(http, i)
             latencies.append(time.perf_counter() - t0)
-            if r.status_code != 200 or "generated_text" not in r.json()[0]:
+            ok = r.status_code == 200 and ("choices" in r.json() if chat else "generated_text" in r.json()[0])
+            if not ok:
                 raise SystemExit(f"request {i} failed: {r.status_code} {r.text[:200]}")
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -125,17 +141,24 @@ def main() -> None:
             before = httpx.get(f"{base}/metrics").text
             con_wall, con_lat = asyncio.run(phase(base, bodies, options, args.requests, args.clients))
             after = httpx.get(f"{base}/metrics").text
+            chat_wall, chat_lat = asyncio.run(phase(base, bodies, options, args.requests, args.clients, chat=True))
+            after_chat = httpx.get(f"{base}/metrics").text
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
-    batches = metric(after, "blipcap_batch_size_count") - metric(before, "blipcap_batch_size_count")
-    images = metric(after, "blipcap_batch_size_sum") - metric(before, "blipcap_batch_size_sum")
+    def mean_batch(first: str, last: str) -> float:
+        images = metric(last, "blipcap_batch_size_sum") - metric(first, "blipcap_batch_size_sum")
+        return images / (metric(last, "blipcap_batch_size_count") - metric(first, "blipcap_batch_size_count"))
+
     rows = [summary("sequential, 1 client", args.sequential, seq_wall, seq_lat),
-            summary(f"{args.clients} concurrent clients", args.requests, con_wall, con_lat)]
+            summary(f"{args.clients} concurrent clients", args.requests, con_wall, con_lat),
+            summary(f"{args.clients} concurrent clients, chat completions", args.requests, chat_wall, chat_lat)]
     result = {"shape": args.shape, "device": args.device, "dtype": args.dtype, "beams": args.beams,
               "new_tokens": args.new_tokens, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
               "phases": rows, "throughput_ratio": rows[1]["images_per_s"] / rows[0]["images_per_s"],
-              "mean_batch_size": images / batches, "machine": machine()}
+              "chat_over_caption": rows[2]["images_per_s"] / rows[1]["images_per_s"],
+              "mean_batch_size": mean_batch(before, after), "mean_batch_size_chat": mean_batch(after, after_chat),
+              "machine": machine()}
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -149,6 +172,8 @@ def main() -> None:
               f"| {row['p99_s']:.2f} s |")
     print(f"throughput ratio: {result['throughput_ratio']:.2f}x; mean batch under load: "
           f"{result['mean_batch_size']:.1f} images")
+    print(f"chat completions over /v1/caption under the same load: {result['chat_over_caption']:.2f}x; "
+          f"mean batch: {result['mean_batch_size_chat']:.1f} images")
 
 
 if __name__ == "__main__":

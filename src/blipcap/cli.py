@@ -372,7 +372,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
                           api_key=api_key, allow_urls=args.serve_allow_urls, header_timeout_s=args.header_timeout_s,
                           keep_alive_s=args.keep_alive_s, max_connections=args.max_connections, index_db=index_db,
-                          allow_edits=args.allow_edits)
+                          allow_edits=args.allow_edits, served_model_names=tuple(args.served_model_name))
     if args.model is None and index_db is None:
         args.model = "large"
     cap = None  # --index without --model: search only, no model loaded
@@ -408,6 +408,8 @@ def _add_serve_parser(sub) -> None:
     g.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
     g.add_argument("--allow-urls", dest="serve_allow_urls", action="store_true",
                    help="fetch http(s) image URLs given in JSON bodies (public addresses only)")
+    g.add_argument("--served-model-name", nargs="+", default=[], metavar="NAME",
+                   help="names the OpenAI and Ollama endpoints also answer to, besides the model id")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     g = p.add_argument_group("search the index in the browser (/search)")
     g.add_argument("--index", nargs="?", const="", metavar="DB",

@@ -41,6 +41,19 @@ def test_captions_end_with_eos_long_before_the_budget(cap):
         assert len(c.token_ids) == len(cap.codec.tokenizer.encode(text, add_special_tokens=False).ids) < 19
 
 
+@pytest.mark.parametrize("search", [{"num_beams": 1}, {"num_beams": 3, "num_return_sequences": 2},
+                                    {"do_sample": True, "seed": 1, "num_return_sequences": 2}])
+def test_truncated_says_whether_max_new_tokens_ran_out(cap, search):
+    images, expected = fresh(seed=11, n=3)
+    for c, text in zip(cap.caption(images, max_new_tokens=19, **search), expected):
+        assert not any(x.truncated for x in [c, *c.alternatives])
+        assert c.text == text
+    for c in cap.caption(images, max_new_tokens=2, **search):
+        assert c.truncated and len(c.token_ids) == 2
+        # an alternative may close with [SEP] inside the budget ("a" + [SEP]): that one is not truncated
+        assert all(x.truncated == (len(x.token_ids) == 2) for x in c.alternatives)
+
+
 @pytest.mark.parametrize("early_stopping", [True, False, "never"])
 def test_beam_search_variants_agree_on_a_confident_model(cap, early_stopping):
     images, expected = fresh(seed=11, n=8)

@@ -8,7 +8,8 @@ Modules: `config` (the limits), `app` (routes and request handling), `batcher` (
 micro-batcher and the model thread), `inputs` (request bodies -> images and options; decoding and
 SSRF-safe URL fetching are `blipcap.images`'), `metrics` (Prometheus text), `run` (uvicorn with
 graceful shutdown), `static/` (the web pages), `search/` (`serve --index`: search, thumbnails,
-caption edits).
+caption edits); `openai/` and `ollama/` (the compatible endpoints, each protocol.py / serving.py /
+router.py) over `compat` (what they share: names, the option mapping, token counts).
 """
 
 from __future__ import annotations

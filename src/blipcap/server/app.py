@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -26,17 +26,23 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from ..captioner import Caption
 from ..images import Decoder, ImageError, UrlFetcher
+from ..options import CaptionOptions
 from .batcher import Batcher, QueueFull
 from .config import ServerConfig
 from .inputs import ApiError, Upload, decode, from_form, from_json, is_image, parse_options
 from .metrics import Metrics
+from .ollama import router as ollama_router
+from .openai import router as openai_router
 from .schemas import CAPTION_REQUEST_BODY, CAPTION_RESPONSES
 from .search import SearchService, search_router
 
 STATIC = Path(__file__).parent / "static"
 ROUTES = ("/", "/v1/caption", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json",
-          "/search", "/v1/search", "/v1/thumbnail/{id}", "/v1/captions/{id}")
+          "/search", "/v1/search", "/v1/thumbnail/{id}", "/v1/captions/{id}",
+          "/v1/models", "/v1/chat/completions", "/api/version", "/api/tags", "/api/show", "/api/generate", "/api/chat")
+T = TypeVar("T")
 log = logging.getLogger("uvicorn.error")  # shown with uvicorn's own startup lines
 
 
@@ -56,6 +62,7 @@ class Service:
         self.decoder: ThreadPoolExecutor | None = None
         self._warmup: asyncio.Task | None = None
         self._requests = 0
+        self.started = int(time.time())  # the "created" time the OpenAI and Ollama endpoints report
 
     async def start(self) -> None:
         cfg = self.config
@@ -97,9 +104,11 @@ class Service:
         """On the model thread: one model call for the whole batch."""
         return self.captioner.caption(images, options, errors="return", batch_size=len(images), prompt=prompts)
 
-    # --- one caption request -------------------------------------------------------------------------
+    # --- one request, whatever its protocol ----------------------------------------------------------
 
-    async def caption(self, request: Request) -> JSONResponse:
+    async def handle(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Admit a request (503 while draining or warming up), run `work` (body read included) within
+        --timeout-s (504 beyond), and time it."""
         start = time.monotonic()
         try:
             if self.captioner is None:
@@ -111,20 +120,21 @@ class Service:
             if not self.ready:
                 raise ApiError(503, "the model is warming up; retry shortly", "not_ready", {"Retry-After": "1"})
             try:
-                status, entries = await asyncio.wait_for(self._caption(request), self.config.timeout_s)
+                return await asyncio.wait_for(work(), self.config.timeout_s)
             except asyncio.TimeoutError:
                 raise ApiError(504, f"request took longer than {self.config.timeout_s:g} s", "timeout") from None
-            return JSONResponse(entries, status_code=status)
         finally:
             self.metrics.request_seconds.observe(time.monotonic() - start)
 
-    async def _caption(self, request: Request) -> tuple[int, list[dict]]:
-        uploads, raw_options = await self._parse(request)
+    def check_count(self, uploads: list[Upload]) -> None:
         if len(uploads) > self.config.max_queue:
             raise ApiError(413, f"{len(uploads)} images in one request; the limit is {self.config.max_queue}",
                            "too_many_images")
-        cfg, cap = self.config, self.captioner
-        options = parse_options(raw_options, cap, cfg.max_beams, cfg.max_new_tokens)
+
+    async def caption_images(self, uploads: list[Upload], options: CaptionOptions) -> list[Caption | ImageError]:
+        """The protocol-free core: reserve queue slots (503 when full), decode on the decode threads,
+        caption through the batcher (sharing model calls with every other request), count each image."""
+        self.check_count(uploads)
         prompt, options = options.prompt, options.replace(prompt=None)  # prompts ride per image
         self._requests += 1
         # Seeded sampling depends on the whole batch's draws: batch such a request only with itself.
@@ -143,16 +153,32 @@ class Service:
             captions = iter(await asyncio.gather(*futures))
         finally:
             reservation.release()
-        entries = []
+        results: list[Caption | ImageError] = []
         for item in decoded:
             if isinstance(item, ImageError):
                 self.metrics.images.labels(outcome="error").inc()
                 self.metrics.errors.labels(kind=type(item).__name__).inc()
-                entries.append({"error": str(item), "error_type": type(item).__name__})
+                results.append(item)
             else:
                 self.metrics.images.labels(outcome="ok").inc()
-                entries.append(_entry(next(captions)))
-        return (200 if good else 422), entries
+                results.append(next(captions))
+        return results
+
+    # --- /v1/caption ---------------------------------------------------------------------------------
+
+    async def caption(self, request: Request) -> JSONResponse:
+        status, entries = await self.handle(lambda: self._caption(request))
+        return JSONResponse(entries, status_code=status)
+
+    async def _caption(self, request: Request) -> tuple[int, list[dict]]:
+        uploads, raw_options = await self._parse(request)
+        self.check_count(uploads)
+        cfg = self.config
+        options = parse_options(raw_options, self.captioner, cfg.max_beams, cfg.max_new_tokens)
+        results = await self.caption_images(uploads, options)
+        entries = [{"error": str(r), "error_type": type(r).__name__} if isinstance(r, ImageError) else _entry(r)
+                   for r in results]
+        return (200 if any(not isinstance(r, ImageError) for r in results) else 422), entries
 
     async def _parse(self, request: Request) -> tuple[list[Upload], dict]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -290,6 +316,9 @@ def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: U
         """One entry per image, in order: {"generated_text", "score"} or {"error", "error_type"}.
         The status is 200 when at least one image was captioned, 422 when none could be."""
         return await service.caption(request)
+
+    app.include_router(openai_router.build(service, Depends(require_key)))
+    app.include_router(ollama_router.build(service, Depends(require_key)))
 
     @app.get("/healthz", summary="Alive")
     async def healthz():

@@ -32,6 +32,9 @@ class ServerConfig:
     url_timeout_s: float = 10.0  # total, per URL, redirects included
     max_url_mb: float = 20.0  # per URL body
 
+    # names the OpenAI and Ollama endpoints answer to, besides the model id
+    served_model_names: tuple[str, ...] = ()
+
     # threads
     decode_workers: int = 2  # image decoding and URL fetching, off the event loop
 

@@ -46,16 +46,16 @@ def from_json(body: bytes) -> tuple[list[Upload], dict]:
         images, options = doc["images"], doc.get("options") or {}
         if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
             raise ApiError(400, '"images" must be a list of base64 strings or URLs', "bad_request")
-        uploads = [_from_string(s, f"images[{i}]") for i, s in enumerate(images)]
+        uploads = [from_string(s, f"images[{i}]") for i, s in enumerate(images)]
     elif "inputs" in doc:  # the Hugging Face Inference API shape
         inputs, options = doc["inputs"], doc.get("parameters") or {}
         if not isinstance(options, dict):
             raise ApiError(422, '"parameters" must be a JSON object', "bad_options")
         options = dict(options)
         if isinstance(inputs, str):
-            uploads = [_from_string(inputs, "inputs")]
+            uploads = [from_string(inputs, "inputs")]
         elif isinstance(inputs, list) and all(isinstance(x, str) for x in inputs):
-            uploads = [_from_string(s, f"inputs[{i}]") for i, s in enumerate(inputs)]
+            uploads = [from_string(s, f"inputs[{i}]") for i, s in enumerate(inputs)]
         else:
             raise ApiError(400, '"inputs" must be a base64 string or URL (or a list of them)', "bad_request")
         extra = options.pop("generate_kwargs", None) or {}  # transformers' pipeline spelling
@@ -103,7 +103,8 @@ async def from_form(request: Any, max_files: int) -> tuple[list[Upload], dict]:
     return uploads, options
 
 
-def _from_string(s: str, label: str) -> Upload:
+def from_string(s: str, label: str) -> Upload:
+    """A JSON image string (base64, a data: URL, or an http(s) URL) -> an Upload, or its error."""
     head = s[:16].lower()
     if head.startswith(("http://", "https://")):
         return Upload(s if len(s) <= 200 else s[:197] + "...", url=s)

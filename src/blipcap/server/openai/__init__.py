@@ -1,0 +1,2 @@
+"""The OpenAI-compatible endpoints: `protocol` (the shapes and errors), `serving` (requests -> the
+shared Service -> responses), `router` (the routes)."""
