@@ -128,6 +128,7 @@ class Captioner:
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
+        _check_batch_size(batch_size)
         prompts, opts = self._options(options, overrides, len(items))
         loaded = [self._load(item) for item in items]
         if errors == "raise":
@@ -135,7 +136,7 @@ class Captioner:
                 if isinstance(item, ImageError):
                     raise item
         out: list[Caption] = []
-        for start in range(0, len(items), max(1, batch_size)):
+        for start in range(0, len(items), batch_size):
             out.extend(self._caption_batch(loaded[start : start + batch_size], prompts[start : start + batch_size], opts))
         return out
 
@@ -147,9 +148,10 @@ class Captioner:
         """
         if isinstance(overrides.get("prompt"), (list, tuple)):
             raise ValueError("caption_stream takes one prompt string for all images")
+        _check_batch_size(batch_size)
         _, opts = self._options(options, overrides, 0)
         it = iter(images)
-        while batch := list(itertools.islice(it, max(1, batch_size))):
+        while batch := list(itertools.islice(it, batch_size)):
             yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
 
     def merged(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> CaptionOptions:
@@ -230,6 +232,12 @@ class Captioner:
         # decode together so word pieces join across the seam, then drop the prompt's text
         head = self.codec.decode(prompt_ids)
         return full[len(head):].strip() if full.startswith(head) else self.codec.decode(tokens)
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    # 0 or -1 used to slice the list into nothing: images silently dropped (issue 13)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
 def pipeline(model: str | os.PathLike = DEFAULT_MODEL, task: str = "image-to-text", **load_kwargs: Any):

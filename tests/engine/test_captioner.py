@@ -262,3 +262,14 @@ def test_float16_on_cpu_and_missing_cuda_are_refused(random_ckpt):
 def test_prompt_plus_budget_beyond_the_position_table_is_refused(cap):
     with pytest.raises(ValueError, match="positions"):
         cap.caption(colour_images(1), max_new_tokens=200)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "4"])
+def test_a_batch_size_below_one_or_not_an_int_is_refused_not_a_silent_drop(cap, batch_size):
+    """Issue 13 item 6: caption(images, batch_size=0) returned no captions for three images."""
+    images = colour_images(3)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        cap.caption(images, batch_size=batch_size)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        list(cap.caption_stream(images, batch_size=batch_size))
+    assert len(cap.caption(images, batch_size=1)) == 3

@@ -12,7 +12,6 @@ import asyncio
 import hmac
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -31,7 +30,8 @@ from ..images import Decoder, ImageError, UrlFetcher
 from ..options import CaptionOptions
 from .batcher import Batcher, QueueFull
 from .config import ServerConfig
-from .inputs import ApiError, Upload, decode, from_form, from_json, is_image, parse_options
+from .inputs import ApiError, Upload, from_form, from_json, is_image, parse_options
+from .lanes import DecodeLanes
 from .metrics import Metrics
 from .ollama import router as ollama_router
 from .openai import router as openai_router
@@ -59,7 +59,7 @@ class Service:
         self.ready = False
         self.draining = False
         self.batcher: Batcher | None = None
-        self.decoder: ThreadPoolExecutor | None = None
+        self.lanes: DecodeLanes | None = None
         self._warmup: asyncio.Task | None = None
         self._requests = 0
         self.started = int(time.time())  # the "created" time the OpenAI and Ollama endpoints report
@@ -70,7 +70,7 @@ class Service:
             self.ready = True
             self.metrics.ready.set(1)
             return
-        self.decoder = ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="blipcap-decode")
+        self.lanes = DecodeLanes(self.images, cfg.decode_workers)
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size, max_wait_s=cfg.max_wait_ms / 1000,
                                max_queue=cfg.max_queue, metrics=self.metrics)
         await self.batcher.start()
@@ -97,8 +97,8 @@ class Service:
             self._warmup.cancel()
         if self.batcher is not None:
             await self.batcher.stop(timeout=self.config.timeout_s)
-        if self.decoder is not None:
-            self.decoder.shutdown(wait=False, cancel_futures=True)
+        if self.lanes is not None:
+            self.lanes.shutdown()
 
     def _run_batch(self, images: list, prompts: list, options: Any) -> list:
         """On the model thread: one model call for the whole batch."""
@@ -144,10 +144,7 @@ class Service:
         except QueueFull as e:
             raise ApiError(503, str(e), "queue_full", {"Retry-After": str(e.retry_after)}) from None
         try:
-            loop = asyncio.get_running_loop()
-            decoded = await asyncio.gather(*(
-                loop.run_in_executor(self.decoder, decode, u, self.images)
-                for u in uploads))
+            decoded = await asyncio.gather(*(self.lanes.decode(u) for u in uploads))
             good = [image for image in decoded if is_image(image)]
             futures = self.batcher.submit(reservation, good, [prompt] * len(good), options, key) if good else []
             captions = iter(await asyncio.gather(*futures))
