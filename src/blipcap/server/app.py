@@ -9,6 +9,7 @@ the request is 422 only when no image in it could be captioned.
 from __future__ import annotations
 
 import asyncio
+import math
 import hmac
 import logging
 import time
@@ -195,10 +196,15 @@ class Service:
 
 
 def _entry(caption: Any) -> dict:
-    entry = {"generated_text": caption.text, "score": caption.score}
+    entry = {"generated_text": caption.text, "score": _finite(caption.score)}
     if caption.alternatives:
-        entry["alternatives"] = [{"generated_text": a.text, "score": a.score} for a in caption.alternatives]
+        entry["alternatives"] = [{"generated_text": a.text, "score": _finite(a.score)} for a in caption.alternatives]
     return entry
+
+
+def _finite(score: float | None) -> float | None:
+    # options that could make a score NaN are refused, but JSON must never carry NaN whatever happens
+    return score if score is not None and math.isfinite(score) else None
 
 
 # --- middleware: body-size cap and request counting ------------------------------------------------

@@ -40,6 +40,8 @@ def from_json(body: bytes) -> tuple[list[Upload], dict]:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"body is not valid JSON: {e}", "bad_request") from e
+    except RecursionError:  # [[[[... nested past Python's stack: not a 500
+        raise ApiError(400, "body is not valid JSON: nested too deeply", "bad_request") from None
     if not isinstance(doc, dict):
         raise ApiError(400, 'JSON body must be an object: {"images": [...]} or {"inputs": ...}', "bad_request")
     if "images" in doc:
@@ -98,6 +100,8 @@ async def from_form(request: Any, max_files: int) -> tuple[list[Upload], dict]:
             options = json.loads(raw)
         except json.JSONDecodeError as e:
             raise ApiError(422, f"the options field is not valid JSON: {e}", "bad_options") from e
+        except RecursionError:
+            raise ApiError(422, "the options field is not valid JSON: nested too deeply", "bad_options") from None
     if not isinstance(options, dict):
         raise ApiError(422, "options must be a JSON object", "bad_options")
     return uploads, options
