@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from .backends.base import Backend
 from .checkpoint import CheckpointError, dims_from_config, read_config
 from .decoding import LogitRules, resolve_prompt_rows, rows_per_image, search
 from .hub import DEFAULT_MODEL, resolve
@@ -44,7 +45,7 @@ def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
     return checkpoint_defaults(config, generation)
 
 
-def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads) -> Any:
+def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads) -> Backend:
     from .backends.onnx import read_manifest
 
     manifest = read_manifest(path)
@@ -70,7 +71,7 @@ def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, 
 class Captioner:
     """A loaded BLIP captioning model. `Captioner.load("large")("photo.jpg")` -> caption."""
 
-    def __init__(self, backend: Any, codec: TextCodec, preprocessor: Preprocessor, defaults: CaptionOptions,
+    def __init__(self, backend: Backend, codec: TextCodec, preprocessor: Preprocessor, defaults: CaptionOptions,
                  model_id: str, revision: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  allow_urls: bool = False):
         self.backend, self.codec, self.preprocessor = backend, codec, preprocessor
