@@ -75,7 +75,11 @@ def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, 
         from .backends.torch import TorchBackend
 
         return TorchBackend.load(path, dims, device=device, dtype=dtype)
-    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx or auto")
+    if backend == "tf":
+        from .backends.tf import TFBackend
+
+        return TFBackend.load(path, dims, device=device, dtype=dtype)
+    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx, tf or auto")
 
 
 class Captioner:
