@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from .checkpoint import CheckpointError, dims_from_config, read_config
 from .decoding import ARTEFACT_PIECES, CaptionOptions, LogitRules, resolve_prompt_rows, search
 from .hub import DEFAULT_MODEL, resolve
-from .images import DEFAULT_MAX_PIXELS, ImageError, Preprocessor, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageError, Preprocessor, image_list, load_image
 from .text import TextCodec
 
 
@@ -128,7 +128,7 @@ class Captioner:
         errors="return" gives that image a Caption with `.error` set and captions the rest.
         `prompt=` may be one string for all images or a list with one (or None) per image.
         """
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        items = image_list(images)
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         prompts, opts = self._options(options, overrides, len(items))
@@ -154,6 +154,13 @@ class Captioner:
         it = iter(images)
         while batch := list(itertools.islice(it, max(1, batch_size))):
             yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
+
+    def export_saved_model(self, directory: str | os.PathLike) -> Path:
+        """A TensorFlow SavedModel that captions greedily with this checkpoint's defaults, for
+        TensorFlow Serving (backend='tf' only; signatures and limits in backends/tf_export.py)."""
+        from .backends.tf_export import export_saved_model
+
+        return export_saved_model(self.backend, directory, self.defaults, self._rules(self.defaults), self.preprocessor)
 
     # --- internals ---------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Images in, model pixels out.
 
-Owns every input kind (path, URL, bytes, file object, PIL image, numpy array, torch tensor) ->
+Owns every input kind (path, URL, bytes, file object, PIL image, numpy array, torch or TF tensor) ->
 a fully loaded, EXIF-upright RGB ``PIL.Image`` (:func:`load_image`), that image -> the float32
 ``(3, H, W)`` pixels a BLIP checkpoint's ``preprocessor_config.json`` asks for
 (:class:`Preprocessor`), and the per-item errors for inputs that are not usable images
@@ -90,8 +90,9 @@ def load_image(
 
     ``source``: a path (``str``/``os.PathLike``), an ``http(s)://`` URL (only with ``allow_urls``;
     fetched with a ``url_timeout``-second deadline and at most ``max_url_bytes``), bytes, a binary
-    file object, a ``PIL.Image``, a numpy array or a torch tensor (HxW, HxWxC or CxHxW with C in
-    1, 3, 4; where either end could hold the channels, arrays are read HxWxC, tensors CxHxW).
+    file object, a ``PIL.Image``, a numpy array, a torch tensor or a ``tf.Tensor`` (HxW, HxWxC or
+    CxHxW with C in 1, 3, 4; where either end could hold the channels, arrays and tf.Tensors are
+    read HxWxC, torch tensors CxHxW).
     ``max_pixels=None`` lifts the size guard (Pillow's own ``Image.MAX_IMAGE_PIXELS`` bomb guard
     still applies at twice its value).
     ``draft_size=(h, w)``: let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, keeping both sides
@@ -128,6 +129,11 @@ def load_image(
         t = source.detach().cpu()
         array = (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
         return _from_array(array, name, True, max_pixels)
+    tf = sys.modules.get("tensorflow")  # likewise: a tf.Tensor means TensorFlow is loaded
+    if tf is not None and isinstance(source, tf.Tensor):
+        name = f"<tf.Tensor shape {tuple(source.shape)} dtype {source.dtype.name}>"
+        t = tf.cast(source, tf.float32) if source.dtype == tf.bfloat16 else source  # numpy has no bfloat16
+        return _from_array(t.numpy(), name, False, max_pixels)  # TF's images are HWC
     if hasattr(source, "read"):
         # Read it all: only .read() is promised, and Pillow would seek to 0 anyway.
         name = getattr(source, "name", None)
@@ -141,6 +147,17 @@ def load_image(
         return _decode(io.BytesIO(data), name, len(data), max_pixels, draft_size)
     expected = "expected a path, URL, bytes, file object, PIL image, array or tensor"
     raise UnreadableImageError(f"<{type(source).__name__}>", f"unsupported input; {expected}")
+
+
+def image_list(images: Any) -> list:
+    """A caption call's input as a list of images: a list or tuple as it is, a 4-D tf.Tensor (a batch,
+    NHWC or NCHW, as TensorFlow pipelines hand them over) as its images, anything else as one image."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(images, tf.Tensor) and images.shape.rank == 4:
+        return list(tf.unstack(images))
+    return [images]
 
 
 def _decode(fp, name: str, nbytes: int, max_pixels: int | None, draft_size) -> Image.Image:
