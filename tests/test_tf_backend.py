@@ -271,3 +271,15 @@ def test_missing_tensorflow_is_a_one_line_error_naming_the_extra(tiny_fixture):
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "the TensorFlow backend requires tensorflow: pip install 'blipcap[tf]'"
+
+
+@needs_tf
+@pytest.mark.parametrize("source", ["tiny-blip", "tiny-tf-h5/tf"])
+def test_captions_without_torch(tiny_fixture, source):
+    model_dir = tiny_fixture if source == "tiny-blip" else H5_FIXTURE / "tf"
+    code = ("import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
+            "import numpy as np\nfrom blipcap import Captioner\n"
+            f"cap = Captioner.load({str(model_dir)!r}, backend='tf')\n"
+            "print(cap(np.full((64, 64, 3), 200, np.uint8), max_new_tokens=5) is not None, 'torch' in sys.modules and sys.modules['torch'] is not None)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
