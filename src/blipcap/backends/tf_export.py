@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from ..decoding import CaptionOptions, LogitRules
+from .tf import tensorflow
+
+tf = tensorflow()  # a one-line error naming the extra where TensorFlow is missing
 
 MANIFEST = "blipcap_saved_model.json"
 

@@ -15,12 +15,14 @@ lengths), so each is traced once per model and the captioning loop never retrace
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from ..checkpoint import ModelDims
+from .tf import tensorflow
+
+tf = tensorflow()  # a one-line error naming the extra where TensorFlow is missing
 
 
-def _to_tf_layout(name: str, a: np.ndarray, dims: ModelDims) -> np.ndarray:
+def _to_tf_layout(name: str, a: np.ndarray) -> np.ndarray:
     """nn.py's (PyTorch) layout -> the layout the TF functions multiply with, once at load."""
     if name == "vision.patch_embed.weight":  # (D, 3, p, p) -> (3*p*p, D): patches become one matmul
         return np.ascontiguousarray(a.reshape(a.shape[0], -1).T)
@@ -52,7 +54,7 @@ class TFBlip(tf.Module):
         super().__init__(name="blip")
         self.dims = dims
         # SavedModel tracks a dict of variables; dots are not welcome in its keys
-        self.w = {name.replace(".", "/"): tf.Variable(_to_tf_layout(name, a, dims), trainable=False,
+        self.w = {name.replace(".", "/"): tf.Variable(_to_tf_layout(name, a), trainable=False,
                                                       name=name.replace(".", "_"))
                   for name, a in state.items()}
         v, t = dims.vision, dims.text
