@@ -53,10 +53,12 @@ class TFBlip(tf.Module):
     def __init__(self, dims: ModelDims, state: dict[str, np.ndarray]):
         super().__init__(name="blip")
         self.dims = dims
-        # SavedModel tracks a dict of variables; dots are not welcome in its keys
-        self.w = {name.replace(".", "/"): tf.Variable(_to_tf_layout(name, a), trainable=False,
-                                                      name=name.replace(".", "_"))
-                  for name, a in state.items()}
+        # SavedModel tracks a dict of variables; dots are not welcome in its keys. `state` is emptied
+        # as the variables are made, so the numpy copy and the TF copy never both exist whole.
+        self.w = {}
+        for name in list(state):
+            a = _to_tf_layout(name, state.pop(name))
+            self.w[name.replace(".", "/")] = tf.Variable(a, trainable=False, name=name.replace(".", "_"))
         v, t = dims.vision, dims.text
         hd = t.hidden // t.heads
         self.memory = tf.function(self._memory, input_signature=[
