@@ -6,7 +6,8 @@ the preallocated self-attention cache as tf.Variables (written in place with the
 each step, rows gathered for beams), and in numpy the rows' next positions and their filled-slot
 mask. The search runs on numpy at the boundary (NumpyOps, as for ONNX Runtime): `decoding.py`
 writes into its arrays in place, which tf.Tensors do not allow, and handing it the (rows, vocab)
-logits as numpy costs ~0.05 ms a step against a step of milliseconds (BENCHMARKS.md).
+logits as numpy costs 0.43 ms a step for BLIP-large's 24 beam rows, ~0.1% of a decoder step
+(benchmarks/bench_tf_search.py, BENCHMARKS.md).
 """
 
 from __future__ import annotations
