@@ -13,3 +13,13 @@ export BLIPCAP_REQUIRE_RAY=1  # the Ray job's tests fail, rather than skip, with
 # the layer contracts of shared/DESIGN.md ([tool.importlinter] in pyproject.toml)
 .venv/bin/lint-imports
 .venv/bin/python -m pytest -q "$@"
+# TensorFlow in an environment of its own (tensorflow-cpu beside the CPU torch the parity tests
+# compare with), after the main suite and only for the whole suite (no arguments);
+# BLIPCAP_REQUIRE_TF makes a missing TensorFlow fail these tests instead of skipping them.
+if [ "$#" -eq 0 ]; then
+  if [ ! -x .venv-tf/bin/python ]; then
+    python3 -m venv .venv-tf
+  fi
+  .venv-tf/bin/python -m pip install --quiet -c constraints.txt -e ".[torch,tf,test]"
+  BLIPCAP_REQUIRE_TF=1 .venv-tf/bin/python -m pytest -q tests/engine/test_tf_backend.py
+fi

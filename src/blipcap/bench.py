@@ -77,6 +77,9 @@ def machine() -> dict[str, Any]:
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
+    tf = sys.modules.get("tensorflow")  # only when the TF backend ran: never imported for this
+    if tf is not None:
+        info["tensorflow"] = tf.__version__
     return info
 
 

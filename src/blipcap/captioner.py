@@ -17,7 +17,7 @@ from .backends.base import Backend
 from .checkpoint import CheckpointError, dims_from_config, read_config
 from .decoding import LogitRules, resolve_prompt_rows, rows_per_image, search
 from .hub import DEFAULT_MODEL, resolve
-from .images import DEFAULT_MAX_PIXELS, Decoded, ImageError, Preprocessor, load_image
+from .images import DEFAULT_MAX_PIXELS, Decoded, ImageError, Preprocessor, image_list, load_image
 from .options import ARTEFACT_PIECES, CaptionOptions, check_against, checkpoint_defaults, merge
 from .spec import ModelSpec
 from .text import TextCodec
@@ -65,7 +65,11 @@ def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, 
         from .backends.torch import TorchBackend
 
         return TorchBackend.load(path, dims, device=device, dtype=dtype)
-    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx or auto")
+    if backend == "tf":
+        from .backends.tf import TFBackend
+
+        return TFBackend.load(path, dims, device=device, dtype=dtype)
+    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx, tf or auto")
 
 
 class Captioner:
@@ -126,7 +130,7 @@ class Captioner:
         errors="return" gives that image a Caption with `.error` set and captions the rest.
         `prompt=` may be one string for all images or a list with one (or None) per image.
         """
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        items = image_list(images)
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         _check_batch_size(batch_size)
@@ -164,6 +168,12 @@ class Captioner:
         """OptionsError unless merged `options` fit this model (vocabulary, positions) and the caps."""
         check_against(options, self.backend.dims.text, prompt_len=len(self.codec.prompt_ids(options.prompt)),
                       max_beams=max_beams, max_new_tokens=max_new_tokens)
+    def export_saved_model(self, directory: str | os.PathLike) -> Path:
+        """A TensorFlow SavedModel that captions greedily with this checkpoint's defaults, for
+        TensorFlow Serving (backend='tf' only; signatures and limits in backends/tf_export.py)."""
+        from .backends.tf_export import export_saved_model
+
+        return export_saved_model(self.backend, directory, self.defaults, self._rules(self.defaults), self.preprocessor)
 
     # --- internals ---------------------------------------------------------------------------------
 

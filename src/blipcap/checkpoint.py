@@ -201,6 +201,25 @@ def _read_tensors(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read PyTorch weights: {exc}") from exc
 
 
+def read_numpy_tensors(path: Path) -> dict[str, Any]:
+    """A weights file as numpy arrays, for backends without torch: safetensors needs no torch
+    (memory-mapped reads); pytorch_model.bin is a torch pickle, so it does."""
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot read safetensors file: {exc}") from exc
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch (pip install 'blipcap[torch]'), "
+                              "or give the model as model.safetensors") from None
+    return {name: t.float().numpy() if t.dtype.is_floating_point else t.numpy()
+            for name, t in _read_tensors(path).items()}
+
+
 class MappedPages:
     """Drops the resident pages of a memory-mapped weights file behind tensors already copied.
 
@@ -264,9 +283,33 @@ def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dic
     path = weights_file(model_dir)
     hub = _read_tensors(path)
     pages = MappedPages(path)
+
+    def cat(parts: list) -> Any:
+        fused = torch.cat(parts, dim=0)
+        for part in parts:
+            pages.release(part)
+        return fused
+
+    state = map_tensors(hub, dims, expected_shapes, path, cat=cat, equal=torch.equal)
+    if convert is not None:
+        for name in list(state):  # one at a time, so each source can go before the next is copied
+            source = state[name]
+            state[name] = convert(source)
+            if state[name].data_ptr() != source.data_ptr():
+                pages.release(source)
+    return state, pages
+
+
+def map_tensors(hub: dict[str, Any], dims: ModelDims, expected_shapes: dict[str, tuple[int, ...]], path: Path,
+                *, cat: Callable[[list], Any], equal: Callable[[Any, Any], bool]) -> dict[str, Any]:
+    """The strict mapping of Hub-named tensors (torch or numpy) onto our parameter names.
+
+    `hub` is consumed (aliases folded in place); `cat` fuses parts on dim 0, `equal` compares two
+    tensors. Unknown tensors, missing ones and wrong shapes raise CheckpointError naming the key.
+    """
     for alias, canonical in _ALIASES.items():
         if alias in hub:
-            if canonical in hub and not torch.equal(hub[alias], hub[canonical]):
+            if canonical in hub and not equal(hub[alias], hub[canonical]):
                 raise CheckpointError(f"{path}: {alias} differs from {canonical}, which it should be tied to")
             hub.setdefault(canonical, hub.pop(alias))
     table = rename_table(dims)
@@ -292,12 +335,7 @@ def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dic
                 )
         used.update(sources)
         parts = [hub[s] for s in sources]
-        if len(parts) == 1:
-            state[ours] = parts[0]
-        else:
-            state[ours] = torch.cat(parts, dim=0)
-            for part in parts:
-                pages.release(part)
+        state[ours] = parts[0] if len(parts) == 1 else cat(parts)
     unknown = sorted(k for k in hub if k not in used and not k.endswith(_IGNORABLE_SUFFIXES))
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
@@ -305,10 +343,4 @@ def load_state_dict(model_dir: str | Path, dims: ModelDims, expected_shapes: dic
     not_filled = sorted(set(expected_shapes) - set(state))
     if not_filled:
         raise CheckpointError(f"internal: parameter {not_filled[0]} has no entry in the rename table")
-    if convert is not None:
-        for name in list(state):  # one at a time, so each source can go before the next is copied
-            source = state[name]
-            state[name] = convert(source)
-            if state[name].data_ptr() != source.data_ptr():
-                pages.release(source)
-    return state, pages
+    return state

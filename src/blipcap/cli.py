@@ -22,7 +22,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="pin a Hub revision (branch, tag or commit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "tf"],
                    help="auto: ONNX Runtime for a directory made by export-onnx, else PyTorch")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
 
@@ -276,7 +276,7 @@ def _add_bench_parser(sub) -> None:
     which.add_argument("--model", help="short name, Hub repo id, checkpoint or ONNX export directory")
     which.add_argument("--random", choices=["large", "base", "tiny"],
                        help="a random-initialised checkpoint of this shape, built in a temp dir (offline)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "tf"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"],
                    help="int8: with --random and --backend onnx, a dynamically quantised export")

@@ -21,11 +21,11 @@ from .errors import (
     UnreadableImageError,
 )
 from .fetch import UrlFetcher, UrlRefused
-from .load import DEFAULT_MAX_PIXELS, load_image
+from .load import DEFAULT_MAX_PIXELS, image_list, load_image
 from .pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Decoded, Preprocessor
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "Decoded", "Decoder", "EmptyImageError",
     "ImageError", "ImageTooLargeError", "NotAnImageError", "Preprocessor", "TruncatedImageError",
-    "UnreadableImageError", "UrlFetcher", "UrlRefused", "load_image", "read_file", "sha256",
+    "UnreadableImageError", "UrlFetcher", "UrlRefused", "image_list", "load_image", "read_file", "sha256",
 ]

@@ -1,7 +1,7 @@
 """Every input kind -> a fully loaded, EXIF-upright RGB ``PIL.Image`` (:func:`load_image`).
 
 Inputs: a path, an http(s) URL (fetched by the one SSRF-safe fetcher, ``images.fetch``), bytes, a
-file object, a PIL image, a numpy array or a torch tensor. Images are size-checked from their
+file object, a PIL image, a numpy array, a torch tensor or a tf.Tensor. Images are size-checked from their
 header before decoding (decompression bombs), JPEGs may be decoded at reduced scale (draft mode),
 and a refusal is an :class:`ImageError` naming the input. numpy and Pillow only: a torch-free
 install works.
@@ -87,6 +87,11 @@ def load_image(
         t = source.detach().cpu()
         array = (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
         return _from_array(array, name, True, max_pixels)
+    tf = sys.modules.get("tensorflow")  # likewise: a tf.Tensor means TensorFlow is loaded
+    if tf is not None and isinstance(source, tf.Tensor):
+        name = f"<tf.Tensor shape {tuple(source.shape)} dtype {source.dtype.name}>"
+        t = tf.cast(source, tf.float32) if source.dtype == tf.bfloat16 else source  # numpy has no bfloat16
+        return _from_array(t.numpy(), name, False, max_pixels)  # TF's images are HWC
     if hasattr(source, "read"):
         # Read it all: only .read() is promised, and Pillow would seek to 0 anyway.
         name = getattr(source, "name", None)
@@ -100,6 +105,17 @@ def load_image(
         return read_image(io.BytesIO(data), name, len(data), max_pixels, draft_size)[0]
     expected = "expected a path, URL, bytes, file object, PIL image, array or tensor"
     raise UnreadableImageError(f"<{type(source).__name__}>", f"unsupported input; {expected}")
+
+
+def image_list(images: Any) -> list:
+    """A caption call's input as a list of images: a list or tuple as it is, a 4-D tf.Tensor (a batch,
+    NHWC or NCHW, as TensorFlow pipelines hand them over) as its images, anything else as one image."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(images, tf.Tensor) and images.shape.rank == 4:
+        return list(tf.unstack(images))
+    return [images]
 
 
 def read_image(fp: BinaryIO, name: str, nbytes: int, max_pixels: int | None,
