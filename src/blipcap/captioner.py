@@ -44,7 +44,8 @@ def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
     return checkpoint_defaults(config, generation)
 
 
-def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads) -> Any:
+def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads,
+                  cuda_graphs: bool | None = None) -> Any:
     from .backends.onnx import read_manifest
 
     manifest = read_manifest(path)
@@ -63,7 +64,7 @@ def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, 
             raise CheckpointError(f"{path} is an ONNX export: load it with backend='onnx'")
         from .backends.torch import TorchBackend
 
-        return TorchBackend.load(path, dims, device=device, dtype=dtype)
+        return TorchBackend.load(path, dims, device=device, dtype=dtype, cuda_graphs=cuda_graphs)
     raise ValueError(f"unknown backend {backend!r}; choose torch, onnx or auto")
 
 
@@ -83,16 +84,19 @@ class Captioner:
              dtype: str = "auto", backend: str = "auto", revision: str | None = None,
              cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
              max_pixels: int | None = DEFAULT_MAX_PIXELS, allow_urls: bool = False,
-             providers: Sequence[str] | None = None, threads: int | None = None) -> "Captioner":
+             providers: Sequence[str] | None = None, threads: int | None = None,
+             cuda_graphs: bool | None = None) -> "Captioner":
         """Load a short name (large, base), a Hub repo id, a local checkpoint directory, or a
         directory made by `blipcap export-onnx`; or what a ModelSpec says (then without the
         keywords that a ModelSpec holds).
 
         backend: "torch", "onnx", or "auto" (ONNX Runtime for an export directory, else PyTorch).
         providers/threads: ONNX Runtime execution providers and intra-op threads (onnx backend).
+        cuda_graphs: torch on CUDA, replay each decoder step as a captured CUDA graph (None: yes).
         """
         given = dict(device=device, dtype=dtype, backend=backend, revision=revision, cache_dir=cache_dir,
-                     local_files_only=local_files_only, providers=providers, threads=threads)
+                     local_files_only=local_files_only, providers=providers, threads=threads,
+                     cuda_graphs=cuda_graphs)
         if isinstance(model, ModelSpec):
             clash = [k for k, v in given.items() if v != getattr(_DEFAULT_SPEC, k)]
             if clash:
@@ -105,7 +109,7 @@ class Captioner:
         config = read_config(resolved.path)
         dims = dims_from_config(config)
         engine = _load_backend(spec.backend, resolved.path, dims, spec.device, spec.dtype, spec.providers,
-                               spec.threads)
+                               spec.threads, spec.cuda_graphs)
         codec = TextCodec.from_dir(resolved.path, dims.bos_id, dims.eos_id, dims.pad_id)
         pre_path = resolved.path / "preprocessor_config.json"
         pre = Preprocessor.from_file(pre_path) if pre_path.is_file() else Preprocessor.from_config({})

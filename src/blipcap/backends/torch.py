@@ -20,6 +20,7 @@ from ..arrays import TorchOps
 from ..checkpoint import ModelDims, load_state_dict
 from .cpu_pack import pack_linears, packing_available
 from .nn import BlipCaptioner
+from .static import BucketPool, StaticSession
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -98,15 +99,23 @@ class TorchSession:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: BlipCaptioner, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: BlipCaptioner, device: torch.device, dtype: torch.dtype,
+                 cuda_graphs: bool | None = None):
         self.model, self.device, self.dtype = model, device, dtype
         self.dims: ModelDims = model.dims
         self.ops = TorchOps(device)
+        # CUDA: decode with the fixed-shape step (static.py), captured as CUDA graphs unless
+        # cuda_graphs is False. The CPU keeps the dynamic step; `static_step = True` runs the
+        # fixed-shape one eagerly there (what the tests compare).
+        self.cuda_graphs = device.type == "cuda" and cuda_graphs is not False
+        self.static_step = self.cuda_graphs
+        self.buckets = BucketPool()
 
     @classmethod
     def load(cls, model_dir: str | Path, dims: ModelDims, device: str = "auto", dtype: str = "auto",
-             pack: bool = True) -> "TorchBackend":
-        """`pack`: on the CPU, pre-pack the linear layers for oneDNN (cpu_pack.py); export passes False."""
+             pack: bool = True, cuda_graphs: bool | None = None) -> "TorchBackend":
+        """`pack`: on the CPU, pre-pack the linear layers for oneDNN (cpu_pack.py); export passes False.
+        `cuda_graphs`: on CUDA, replay each decoder step as a captured graph (None: yes)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         with torch.device("meta"):
@@ -118,7 +127,7 @@ class TorchBackend:
         del state
         if pack and dev.type == "cpu" and packing_available():
             pack_linears(model, release=pages.release)
-        return cls(model, dev, dt)
+        return cls(model, dev, dt, cuda_graphs)
 
     # Images per vision-encoder call on the CPU: bounds activation memory (a ViT-L layer holds
     # ~50 MB of activations per 2 images); 2 measured as fast as 4 on the large shape with packed
@@ -138,10 +147,12 @@ class TorchBackend:
         return out
 
     def start(self, memory: torch.Tensor, group: int, prompts: np.ndarray, valid: np.ndarray,
-              max_new: int) -> tuple[TorchSession, torch.Tensor]:
+              max_new: int) -> tuple[TorchSession | StaticSession, torch.Tensor]:
         """Prefill the prompts (rows = images x group) and return the session and first logits."""
-        session = TorchSession(self, memory, group, prompts, valid, max_new)
+        kind = StaticSession if self.static_step else TorchSession
+        session = kind(self, memory, group, prompts, valid, max_new)
         return session, session.first_logits
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
+        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "cuda_graphs": self.cuda_graphs}
