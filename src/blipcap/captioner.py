@@ -122,8 +122,10 @@ class Captioner:
         return self.caption([image], errors="raise", **overrides)[0].text
 
     def caption(self, images: Any, options: CaptionOptions | None = None, *, errors: str = "raise",
-                batch_size: int = 8, **overrides: Any) -> list[Caption]:
+                batch_size: int | str = 8, **overrides: Any) -> list[Caption]:
         """Caption one image or a list; one Caption per image, in order.
+
+        batch_size: images per model call, or "auto": the most that fit (auto_batch_size).
 
         errors="raise" raises the first bad image's ImageError (after checking them all);
         errors="return" gives that image a Caption with `.error` set and captions the rest.
@@ -133,6 +135,7 @@ class Captioner:
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         prompts, opts = self._options(options, overrides, len(items))
+        batch_size = self._batch_size(batch_size, opts)
         loaded = [self._load(item) for item in items]
         if errors == "raise":
             for item in loaded:
@@ -144,7 +147,7 @@ class Captioner:
         return out
 
     def caption_stream(self, images: Iterable[Any], options: CaptionOptions | None = None, *,
-                       batch_size: int = 8, **overrides: Any) -> Iterator[Caption]:
+                       batch_size: int | str = 8, **overrides: Any) -> Iterator[Caption]:
         """Caption an iterable of any length, yielding in order; holds one batch at a time.
 
         Bad items come back as Captions with `.error` set (errors="return" semantics).
@@ -152,6 +155,7 @@ class Captioner:
         if isinstance(overrides.get("prompt"), (list, tuple)):
             raise ValueError("caption_stream takes one prompt string for all images")
         _, opts = self._options(options, overrides, 0)
+        batch_size = self._batch_size(batch_size, opts)
         it = iter(images)
         while batch := list(itertools.islice(it, max(1, batch_size))):
             yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
@@ -159,6 +163,16 @@ class Captioner:
     def merged(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> CaptionOptions:
         """The options caption() uses for these options and overrides (a prompt is one string here)."""
         return merge(self.defaults, options, overrides)
+
+    def auto_batch_size(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> int:
+        """The largest batch that fits the device's free memory for these options (the backend's
+        estimate: image keys/values, encoder activations, the rows' caches); 8 where it has none."""
+        opts = self.merged(options, overrides)
+        pick = getattr(self.backend, "auto_batch_size", None)
+        if pick is None or not isinstance(opts.prompt, (str, type(None))):
+            return 8
+        length = len(self.codec.prompt_ids(opts.prompt)) + opts.max_new_tokens
+        return pick(rows_per_image(opts), length)
 
     def check(self, options: CaptionOptions, *, max_beams: int | None = None,
               max_new_tokens: int | None = None) -> None:
@@ -177,6 +191,9 @@ class Captioner:
             return list(prompt), opts
         opts = merge(self.defaults, options, overrides)
         return [opts.prompt] * n, opts
+
+    def _batch_size(self, batch_size: int | str, opts: CaptionOptions) -> int:
+        return self.auto_batch_size(opts) if batch_size == "auto" else batch_size
 
     def _load(self, item: Any) -> Any:
         if isinstance(item, Decoded):

@@ -10,6 +10,8 @@ positions and their padding mask.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,28 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "float16" and device.type != "cuda":
         raise ValueError("float16 is for CUDA; on the CPU use bfloat16 or float32")
     return _DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int  # bytes of the loaded parameters (already resident when a batch size is picked)
+    per_image: int  # bytes one more image in a batch needs: image K/V, encoder activations, its rows' caches
+
+
+def pick_batch_size(estimate: MemoryEstimate, free_bytes: int, limit: int) -> int:
+    """Images per batch that fit `free_bytes` (the weights are loaded already, so free memory
+    excludes them), with a fifth kept back for the allocator's slack, kernel workspaces and CUDA
+    graph pools; a multiple of 8 from 8 up, so that batches fall into few shapes."""
+    fit = int(0.8 * free_bytes) // max(1, estimate.per_image)
+    n = max(1, min(limit, fit))
+    return n - n % 8 if n >= 8 else n
+
+
+def _available_ram() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 class TorchSession:
@@ -152,6 +176,32 @@ class TorchBackend:
         kind = StaticSession if self.static_step else TorchSession
         session = kind(self, memory, group, prompts, valid, max_new)
         return session, session.first_logits
+
+    def memory_estimate(self, group: int, length: int) -> "MemoryEstimate":
+        """What a batch costs on this device: the weights, and per image its share of the decode."""
+        v, t = self.dims.vision, self.dims.text
+        item = torch.finfo(self.dtype).bits // 8
+        n = v.num_patches + 1
+        cuda = self.device.type == "cuda"
+        image_kv = t.layers * 2 * n * t.hidden * item  # the image keys/values every decoder layer reads
+        # the encoder at its widest layer: residual, q/k/v, MLP, and attention scores in case the
+        # kernel materialises them; on the CPU images are encoded two at a time, not all at once
+        encode = (n * (5 * v.hidden + v.mlp) + v.heads * n * n) * item if cuda else 0
+        cache = 2 * t.layers * 2 * length * t.hidden * item  # a row's self-attention cache and its spare
+        search = 8 * t.vocab * 4  # a row's float32 logits and the search's copies of them
+        pixels = 2 * 3 * v.image_size**2 * 4  # float32 on the host, then on the device
+        # the image K/V twice on CUDA: the encoder's output and the static bucket's copy
+        per_image = (2 if cuda else 1) * image_kv + encode + pixels + group * (cache + search)
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return MemoryEstimate(weights, per_image)
+
+    def auto_batch_size(self, group: int, length: int, free_bytes: int | None = None) -> int:
+        """The largest batch whose estimate fits the free memory (read from the device unless given):
+        at most 256 images on CUDA, 8 on the CPU (larger batches measured no faster there)."""
+        if free_bytes is None:
+            free_bytes = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else _available_ram()
+        limit = 256 if self.device.type == "cuda" else 8
+        return pick_batch_size(self.memory_estimate(group, length), free_bytes, limit)
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
