@@ -48,3 +48,16 @@ def test_captioner_auto_batch_gives_the_same_captions(random_ckpt):
 def test_cli_takes_auto(value, expected):
     args = build_parser().parse_args(["caption", "x.jpg", "--batch-size", value])
     assert args.batch_size == expected
+
+
+def test_cli_caption_with_auto_batch(tmp_path, tiny_fixture):
+    from blipcap.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(colour_images(3)):
+        image.save(folder / f"{i}.png")
+    out = tmp_path / "out.jsonl"
+    code = main(["caption", str(folder), "--model", str(tiny_fixture), "--batch-size", "auto", "--output", str(out),
+                 "-q"])
+    assert code == 0 and len(out.read_text().splitlines()) == 3

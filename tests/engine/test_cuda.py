@@ -67,4 +67,4 @@ def test_cuda_graphs_give_the_eager_tokens(eos_ckpt, dtype):
             assert got == [c.token_ids for c in eager.caption(images, batch_size=4, **kw)], kw
             if dtype == "float32":
                 assert got == [c.token_ids for c in dynamic.caption(images, batch_size=4, **kw)], kw
-    assert graphs.backend.buckets._buckets and all(b.graphs for b in graphs.backend.buckets._buckets.values())
+    assert any(bucket.graphs for bucket in graphs.backend.buckets)

@@ -86,6 +86,12 @@ class BucketPool:
     def __init__(self, keep: int = 4):
         self.keep, self._buckets, self._lock = keep, OrderedDict(), threading.Lock()
 
+    def __iter__(self):
+        return iter(list(self._buckets.values()))
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
     def take(self, session, model, rows: int, memory: torch.Tensor, length: int, dtype, graphs: bool) -> StaticBuffers:
         key = (rows, tuple(memory.shape), length, dtype)
         with self._lock:
