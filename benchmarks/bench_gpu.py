@@ -6,7 +6,7 @@
 
 A random-initialised checkpoint of the shape (nothing downloaded); every caption exactly
 --new-tokens long, so every engine does the same work. Runs: blipcap fp16 with CUDA graphs, fp16
-without (the fixed-shape step eager), bf16 with graphs, fp16 at --big-batch images per batch, and
+without (cuda_graphs=False: the dynamic step, as before graphs), bf16 with graphs, fp16 at --big-batch images per batch, and
 transformers fp16; each warmed up by one untimed pass, then the median of --repeats timed passes.
 Prints a table (s/image split into host preprocessing, image encoding and decoding; images/s;
 speed-up over transformers fp16; identical tokens vs transformers fp16) and writes --json.
