@@ -36,6 +36,7 @@ class StaticBuffers:
         self.attend = torch.zeros((rows, length), dtype=torch.bool, device=dev)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # cache buffer -> graph, output
         self.owner: weakref.ref | None = None
+        self.uses = 0  # batches decoded over this bucket, the current one included
 
     @torch.inference_mode()
     def eager_step(self) -> torch.Tensor:
@@ -49,7 +50,10 @@ class StaticBuffers:
     def step(self) -> torch.Tensor:
         """Logits of the next step. Under a graph they land in the same tensor every step: valid until
         the next call (the search reads them before it steps again)."""
-        if not self.graphs_on:
+        # A shape's first batch runs eagerly: capturing costs a device synchronisation, a garbage
+        # collection and tens of milliseconds, which a one-off shape (a server's odd batch) never
+        # earns back; from its second batch on, the shape is captured and replayed.
+        if not self.graphs_on or self.uses < 2:
             return self.eager_step()
         found = self.graphs.get(self.cache.data_ptr())
         if found is not None:
@@ -66,7 +70,8 @@ class StaticBuffers:
         main.wait_stream(side)
         out.record_stream(main)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        # thread_local: another thread's CUDA work (none today) must not break the capture
+        with torch.inference_mode(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             captured = self.eager_step()
         self.graphs[self.cache.data_ptr()] = (graph, captured)
         return out
@@ -83,7 +88,7 @@ class BucketPool:
     """The backend's buckets by shape, the most recently used kept (each holds a cache and a copy of
     the image memory); a bucket in use by a live session is never handed to a second one."""
 
-    def __init__(self, keep: int = 4):
+    def __init__(self, keep: int = 8):
         self.keep, self._buckets, self._lock = keep, OrderedDict(), threading.Lock()
 
     def __iter__(self):
@@ -103,6 +108,7 @@ class BucketPool:
             while len(self._buckets) > self.keep:
                 self._buckets.popitem(last=False)
             bucket.owner = weakref.ref(session)
+            bucket.uses += 1
             return bucket
 
 
