@@ -5,7 +5,8 @@ straight from the (memory-mapped) checkpoint tensors, so loading makes no random
 no second copy at float32; on the CPU the linear layers' weights are then re-laid-out once for
 oneDNN (cpu_pack.py), replacing the dense ones, and each copied weight's mapped pages are dropped.
 Decoding state lives in `TorchSession`: the preallocated self-attention cache, the rows' next
-positions and their padding mask.
+positions and their padding mask; on CUDA in `static.StaticSession`, whose fixed-shape step is
+replayed as a CUDA graph. `auto_batch_size` sizes batches from a memory estimate.
 """
 
 from __future__ import annotations
