@@ -29,6 +29,7 @@ class Timing:
     encode_seconds: float | None = None
     load_seconds: float | None = None
     peak_rss_mb: float | None = None
+    preprocess_seconds: float | None = None  # images to pixels on the host (part of `seconds`)
 
     @property
     def s_per_image(self) -> float:
@@ -106,12 +107,34 @@ class _TimedEncode:
         return getattr(self.backend, name)
 
     def encode(self, pixels):
+        _cuda_sync(self.backend)  # CUDA runs asynchronously: nothing earlier may count as encoding
         t0 = time.perf_counter()
         out = self.backend.encode(pixels)
-        if getattr(out, "is_cuda", False):  # CUDA runs asynchronously: time the work, not its launch
-            import torch
+        _cuda_sync(self.backend)  # ... and the encoder's kernels must have finished, not just launched
+        self.seconds += time.perf_counter() - t0
+        return out
 
-            torch.cuda.synchronize()
+
+def _cuda_sync(backend) -> None:
+    device = getattr(backend, "device", None)
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+class _TimedPreprocess:
+    """A preprocessor whose ``batch`` calls (images -> pixels, on the host) are timed."""
+
+    def __init__(self, pre):
+        self.pre, self.seconds = pre, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.pre, name)
+
+    def batch(self, images):
+        t0 = time.perf_counter()
+        out = self.pre.batch(images)
         self.seconds += time.perf_counter() - t0
         return out
 
@@ -122,20 +145,35 @@ def time_caption(cap, images, opts, batch_size: int) -> tuple[float, float, list
     The encoder's share is read inside the pass, from a copy of the captioner whose backend times
     each `encode` call, so it adds up with the decoding's rest to the pass's own time.
     """
+    total, enc, _, tokens = time_caption_split(cap, images, opts, batch_size)
+    return total, enc, tokens
+
+
+def time_caption_split(cap, images, opts, batch_size) -> tuple[float, float, float, list[list[int]]]:
+    """`time_caption` with the host's preprocessing timed too: (seconds, encoding, preprocessing,
+    tokens); what remains of the seconds is decoding (the search and the decoder steps)."""
     timed = copy.copy(cap)  # shallow: the same model, codec and preprocessor
     timed.backend = encoder = _TimedEncode(cap.backend)
+    timed.preprocessor = pre = _TimedPreprocess(cap.preprocessor)
     t0 = time.perf_counter()
     caps = timed.caption(images, opts, batch_size=batch_size)
     total = time.perf_counter() - t0
-    return total, encoder.seconds, [c.token_ids for c in caps]
+    return total, encoder.seconds, pre.seconds, [c.token_ids for c in caps]
 
 
-def _time_blipcap(cap, images, opts, batch_size: int) -> tuple[float, float, list[list[int]]]:
+def _time_blipcap(cap, images, opts, batch_size: int) -> tuple[float, float, float, list[list[int]]]:
     cap.caption(images, opts, batch_size=batch_size)  # warm-up: one untimed pass, as for transformers
-    return time_caption(cap, images, opts, batch_size)
+    return time_caption_split(cap, images, opts, batch_size)
 
 
 def _time_transformers(path: Path, images, opts, dtype: str, device: str) -> tuple[float, list[list[int]]]:
+    return time_transformers(path, images, opts, dtype, device)
+
+
+def time_transformers(path: Path, images, opts, dtype: str, device: str, repeats: int = 1,
+                      batch_size: int | None = None) -> tuple[float, list[list[int]]]:
+    """transformers' generate on the same images and options: (median seconds of `repeats` timed
+    passes after one warm-up pass, tokens per image); `batch_size` images per call (default: all)."""
     import torch
     import transformers
 
@@ -151,15 +189,21 @@ def _time_transformers(path: Path, images, opts, dtype: str, device: str) -> tup
             pix = proc(batch, return_tensors="pt").pixel_values.to(device, torch_dtype)
             return model.generate(pixel_values=pix, **gen)
 
-    run(images)  # warm-up: one untimed pass over the same batch, as for blipcap
-    t0 = time.perf_counter()
-    out = run(images)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    secs = time.perf_counter() - t0
+    step = batch_size or len(images)
+
+    def run_all():
+        return [row for i in range(0, len(images), step) for row in run(images[i : i + step]).tolist()]
+
+    run_all()  # warm-up: one untimed pass over the same images, as for blipcap
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        out = run_all()  # .tolist() waits for the device
+        times.append(time.perf_counter() - t0)
+    secs = float(np.median(times))
     sep = model.config.text_config.sep_token_id
     tokens = []
-    for row in out.tolist():
+    for row in out:
         gen_ids = row[1:]
         tokens.append(gen_ids[: gen_ids.index(sep)] if sep in gen_ids else gen_ids)
     return secs, tokens
@@ -204,11 +248,11 @@ def run_bench(model: str | None = None, *, random: str | None = None, backend: s
         load_s = time.perf_counter() - t0
         info = cap.backend.info()
         dtype_label = info["dtype"]
-        total, enc, ours = _time_blipcap(cap, imgs, opts, batch_size)
+        total, enc, pre, ours = _time_blipcap(cap, imgs, opts, batch_size)
         result = BenchResult(model=str(model or f"random {random}"), machine=machine(),
                              options=dict(images=images, beams=beams, new_tokens=new_tokens, batch_size=batch_size,
                                           backend=info["backend"], device=info["device"]))
-        result.runs.append(Timing("blipcap", dtype_label, total, images, enc, load_s, _peak_rss_mb()))
+        result.runs.append(Timing("blipcap", dtype_label, total, images, enc, load_s, _peak_rss_mb(), pre))
         del cap
         if against == "transformers":
             hf_path = path if path is not None else _resolve_for_transformers(model)
@@ -239,14 +283,17 @@ def format_table(result: BenchResult) -> str:
         f"{o['new_tokens']} new tokens; backend {o['backend']} on {o['device']}",
         f"machine: {m.get('cpu')}, {m.get('threads', '?')} threads{', ' + m['gpu'] if 'gpu' in m else ''}; {m['date']}",
         "",
-        "| engine | dtype | s / image | encode s / image | decode s / image | images / s | blipcap speed-up |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| engine | dtype | s / image | preprocess s / image | encode s / image | decode s / image | images / s "
+        "| blipcap speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     base = result.runs[0].seconds
     for r in result.runs:
+        pre = f"{r.preprocess_seconds / r.images:.3f}" if r.preprocess_seconds is not None else "-"
         enc = f"{r.encode_seconds / r.images:.3f}" if r.encode_seconds is not None else "-"
-        dec = f"{(r.seconds - r.encode_seconds) / r.images:.3f}" if r.encode_seconds is not None else "-"
-        lines.append(f"| {r.engine} | {r.dtype} | {r.s_per_image:.3f} | {enc} | {dec} | {r.images_per_s:.3f} | "
+        rest = r.seconds - (r.encode_seconds or 0.0) - (r.preprocess_seconds or 0.0)
+        dec = f"{rest / r.images:.3f}" if r.encode_seconds is not None else "-"
+        lines.append(f"| {r.engine} | {r.dtype} | {r.s_per_image:.3f} | {pre} | {enc} | {dec} | {r.images_per_s:.3f} | "
                      f"{r.seconds / base:.2f}x |")
     first = result.runs[0]
     lines.append("")

@@ -45,7 +45,8 @@ def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
     return checkpoint_defaults(config, generation)
 
 
-def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads) -> Backend:
+def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads,
+                  cuda_graphs: bool | None = None) -> Backend:
     from .backends.onnx import read_manifest
 
     manifest = read_manifest(path)
@@ -64,7 +65,7 @@ def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, 
             raise CheckpointError(f"{path} is an ONNX export: load it with backend='onnx'")
         from .backends.torch import TorchBackend
 
-        return TorchBackend.load(path, dims, device=device, dtype=dtype)
+        return TorchBackend.load(path, dims, device=device, dtype=dtype, cuda_graphs=cuda_graphs)
     if backend == "tf":
         from .backends.tf import TFBackend
 
@@ -88,16 +89,19 @@ class Captioner:
              dtype: str = "auto", backend: str = "auto", revision: str | None = None,
              cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
              max_pixels: int | None = DEFAULT_MAX_PIXELS, allow_urls: bool = False,
-             providers: Sequence[str] | None = None, threads: int | None = None) -> "Captioner":
+             providers: Sequence[str] | None = None, threads: int | None = None,
+             cuda_graphs: bool | None = None) -> "Captioner":
         """Load a short name (large, base), a Hub repo id, a local checkpoint directory, or a
         directory made by `blipcap export-onnx`; or what a ModelSpec says (then without the
         keywords that a ModelSpec holds).
 
         backend: "torch", "onnx", or "auto" (ONNX Runtime for an export directory, else PyTorch).
         providers/threads: ONNX Runtime execution providers and intra-op threads (onnx backend).
+        cuda_graphs: torch on CUDA, replay each decoder step as a captured CUDA graph (None: yes).
         """
         given = dict(device=device, dtype=dtype, backend=backend, revision=revision, cache_dir=cache_dir,
-                     local_files_only=local_files_only, providers=providers, threads=threads)
+                     local_files_only=local_files_only, providers=providers, threads=threads,
+                     cuda_graphs=cuda_graphs)
         if isinstance(model, ModelSpec):
             clash = [k for k, v in given.items() if v != getattr(_DEFAULT_SPEC, k)]
             if clash:
@@ -110,7 +114,7 @@ class Captioner:
         config = read_config(resolved.path)
         dims = dims_from_config(config)
         engine = _load_backend(spec.backend, resolved.path, dims, spec.device, spec.dtype, spec.providers,
-                               spec.threads)
+                               spec.threads, spec.cuda_graphs)
         codec = TextCodec.from_dir(resolved.path, dims.bos_id, dims.eos_id, dims.pad_id)
         pre_path = resolved.path / "preprocessor_config.json"
         pre = Preprocessor.from_file(pre_path) if pre_path.is_file() else Preprocessor.from_config({})
@@ -123,8 +127,10 @@ class Captioner:
         return self.caption([image], errors="raise", **overrides)[0].text
 
     def caption(self, images: Any, options: CaptionOptions | None = None, *, errors: str = "raise",
-                batch_size: int = 8, **overrides: Any) -> list[Caption]:
+                batch_size: int | str = 8, **overrides: Any) -> list[Caption]:
         """Caption one image or a list; one Caption per image, in order.
+
+        batch_size: images per model call, or "auto": the most that fit (auto_batch_size).
 
         errors="raise" raises the first bad image's ImageError (after checking them all);
         errors="return" gives that image a Caption with `.error` set and captions the rest.
@@ -135,6 +141,7 @@ class Captioner:
             raise ValueError("errors must be 'raise' or 'return'")
         _check_batch_size(batch_size)
         prompts, opts = self._options(options, overrides, len(items))
+        batch_size = self._batch_size(batch_size, opts)
         loaded = [self._load(item) for item in items]
         if errors == "raise":
             for item in loaded:
@@ -146,7 +153,7 @@ class Captioner:
         return out
 
     def caption_stream(self, images: Iterable[Any], options: CaptionOptions | None = None, *,
-                       batch_size: int = 8, **overrides: Any) -> Iterator[Caption]:
+                       batch_size: int | str = 8, **overrides: Any) -> Iterator[Caption]:
         """Caption an iterable of any length, yielding in order; holds one batch at a time.
 
         Bad items come back as Captions with `.error` set (errors="return" semantics).
@@ -155,6 +162,7 @@ class Captioner:
             raise ValueError("caption_stream takes one prompt string for all images")
         _check_batch_size(batch_size)
         _, opts = self._options(options, overrides, 0)
+        batch_size = self._batch_size(batch_size, opts)
         it = iter(images)
         while batch := list(itertools.islice(it, batch_size)):
             yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
@@ -162,6 +170,16 @@ class Captioner:
     def merged(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> CaptionOptions:
         """The options caption() uses for these options and overrides (a prompt is one string here)."""
         return merge(self.defaults, options, overrides)
+
+    def auto_batch_size(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> int:
+        """The largest batch that fits the device's free memory for these options (the backend's
+        estimate: image keys/values, encoder activations, the rows' caches); 8 where it has none."""
+        opts = self.merged(options, overrides)
+        pick = getattr(self.backend, "auto_batch_size", None)
+        if pick is None or not isinstance(opts.prompt, (str, type(None))):
+            return 8
+        length = len(self.codec.prompt_ids(opts.prompt)) + opts.max_new_tokens
+        return pick(rows_per_image(opts), length)
 
     def check(self, options: CaptionOptions, *, max_beams: int | None = None,
               max_new_tokens: int | None = None) -> None:
@@ -186,6 +204,9 @@ class Captioner:
             return list(prompt), opts
         opts = merge(self.defaults, options, overrides)
         return [opts.prompt] * n, opts
+
+    def _batch_size(self, batch_size: int | str, opts: CaptionOptions) -> int:
+        return self.auto_batch_size(opts) if batch_size == "auto" else batch_size
 
     def _load(self, item: Any) -> Any:
         if isinstance(item, Decoded):

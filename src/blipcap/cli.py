@@ -89,6 +89,10 @@ def _db_path(value: str | None) -> Path:
     return Path(value)
 
 
+def _batch_size(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
 def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     """Discover, check every destination, load the model, run the bulk job, summarise."""
     from .jobs.common import Reporter, StopRequest
@@ -109,10 +113,13 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     quiet = args.quiet or (printing and sys.stdout.isatty())  # a bar would garble the captions
     progress = Progress(len(paths), mode="off" if quiet else "auto")
     stop = StopRequest()
-    job = BulkJob(paths, sinks, options=base, overrides=over, batch_size=args.batch_size, workers=args.workers, alt_text_max=args.alt_text_max if args.alt_text else None,
+    auto = args.batch_size == "auto"  # picked once the model is loaded
+    job = BulkJob(paths, sinks, options=base, overrides=over, batch_size=8 if auto else args.batch_size, workers=args.workers, alt_text_max=args.alt_text_max if args.alt_text else None,
                   reporter=Reporter(args.errors, progress), progress=progress, stop=stop)
     job.prepare()  # an output that cannot be written fails before the model loads
     cap = _load_captioner(args)
+    if auto:
+        job.batch_size = cap.auto_batch_size(base, over)
     with stop.installed():
         summary = job.run(cap)
     return _summarise(args, summary)
@@ -141,7 +148,8 @@ def _run_ray(args: argparse.Namespace) -> int:
     local_only = [flag for flag, used in (("--sidecar", args.sidecar is not None), ("--xmp", args.xmp),
                                           ("--index", args.index is not None), ("--json", args.json),
                                           ("--metadata-jsonl", args.metadata_jsonl), ("--allow-urls", args.allow_urls),
-                                          (f"--existing {args.existing}", args.existing != "skip")) if used]
+                                          (f"--existing {args.existing}", args.existing != "skip"),
+                                          ("--batch-size auto", args.batch_size == "auto")) if used]
     if local_only:
         raise ValueError(f"--engine ray writes --output DIR only; {', '.join(local_only)}: use the local engine")
     if not args.output:
@@ -334,7 +342,8 @@ def _add_option_args(p: argparse.ArgumentParser) -> None:
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("job")
-    g.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    g.add_argument("--batch-size", type=_batch_size, default=8,
+                   help="images per model call (default 8; auto: the most that fit the device's memory)")
     g.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, at most 8); with "
                                                "--engine ray, model copies (default: as many as the cluster holds)")
     g.add_argument("--existing", choices=["skip", "overwrite", "append"], default="skip",

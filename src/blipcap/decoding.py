@@ -161,6 +161,10 @@ def _greedy_or_sample(session, logits, prompts, prompt_valid, group, max_new, op
     finished = ops.full((rows,), False, "bool")
     total = ops.full((rows,), 0.0, "float32")
     steps = 0
+    # Reading "all finished" back makes the host wait for the device: ops.sync_every (k) reads it
+    # every k steps only. The steps in between change nothing a result holds (finished rows only
+    # append padding, which _result cuts after the [SEP], and add 0 to their score).
+    every = _sync_every(ops)
     for t in range(max_new):
         scores = apply_rules(logits, hist[:, : p + t], valid[:, : p + t], t)
         if opts.do_sample:
@@ -173,7 +177,7 @@ def _greedy_or_sample(session, logits, prompts, prompt_valid, group, max_new, op
         hist[:, p + t] = token
         finished = finished | (token == rules.eos_id)
         steps = t + 1
-        if steps == max_new or ops.all(finished):
+        if steps == max_new or (steps % every == 0 and ops.all(finished)):
             break
         logits = session.step(token)
     gen = ops.to_numpy(hist[:, p : p + steps])
@@ -185,6 +189,10 @@ def _greedy_or_sample(session, logits, prompts, prompt_valid, group, max_new, op
             found.sort(key=lambda res: -res.score)
         out.append(found)
     return out
+
+
+def _sync_every(ops: Any) -> int:
+    return max(1, int(getattr(ops, "sync_every", 1)))
 
 
 def _result(tokens: np.ndarray, score: float, eos_id: int) -> SearchResult:
@@ -213,6 +221,12 @@ def _beam(session, logits, prompts, prompt_valid, k, max_new, opts, rules):
     is_finished = ops.full((b, k), False, "bool")
     improvable = ops.full((b, 1), True, "bool")
     batch_offset = ops.arange(b)[:, None] * k
+    # The stopping rules are read back every `every` steps (ops.sync_every). Until then the search
+    # runs on, with what a result holds (the finished hypotheses and the rule's state) frozen on the
+    # device from the step at which the rules first said stop: the results are the same as when
+    # stopping there.
+    every = _sync_every(ops)
+    stopped = ops.full((1, 1), False, "bool")
 
     for t in range(max_new):
         logp = apply_rules(ops.log_softmax(logits), hist[:, : p + t], valid[:, : p + t], t)
@@ -242,6 +256,7 @@ def _beam(session, logits, prompts, prompt_valid, k, max_new, opts, rules):
         fin = fin + ops.where(improvable, 0.0, -1e9) + ops.where(just, 0.0, -1e9)
         merged_scores = ops.cat([best_scores, fin], dim=1)
         sel = ops.topk(merged_scores, k)[1]
+        kept = (best, best_scores, best_raw, is_finished, improvable)
         best = ops.gather(ops.cat([best, cand], dim=1), sel)
         best_scores = ops.gather(merged_scores, sel)
         best_raw = ops.gather(ops.cat([best_raw, top_lp], dim=1), sel)
@@ -252,9 +267,20 @@ def _beam(session, logits, prompts, prompt_valid, k, max_new, opts, rules):
         best_possible = running_scores[:, :1] / float(horizon**lp)
         worst = ops.where(is_finished, ops.min_last(best_scores), -1e9)
         improvable = improvable & ops.any_last(best_possible > worst)
-        all_full = opts.early_stopping is True and ops.all(is_finished)
-        if all_full or not ops.any(improvable) or ops.all(hits):
-            break
+        if every == 1:
+            all_full = opts.early_stopping is True and ops.all(is_finished)
+            if all_full or not ops.any(improvable) or ops.all(hits):
+                break
+        else:
+            best, best_scores, best_raw, is_finished, improvable = (
+                ops.where(stopped[:, :, None] if old.ndim == 3 else stopped, old, new)
+                for old, new in zip(kept, (best, best_scores, best_raw, is_finished, improvable)))
+            stop = ~ops.any_last(improvable.reshape(1, b)) | ops.all_last(hits.reshape(1, -1))
+            if opts.early_stopping is True:
+                stop = stop | ops.all_last(is_finished.reshape(1, -1))
+            stopped = stopped | stop
+            if t + 1 == max_new or ((t + 1) % every == 0 and ops.all(stopped)):
+                break
         rows_src = (running_src + batch_offset).reshape(rows)
         session.reorder(rows_src)
         hist = hist[rows_src]

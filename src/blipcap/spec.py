@@ -20,6 +20,7 @@ class ModelSpec:
     providers: tuple[str, ...] | None = None  # ONNX Runtime execution providers
     cache_dir: str | None = None  # the Hub cache (default: HF_HUB_CACHE)
     local_files_only: bool = False  # never download
+    cuda_graphs: bool | None = None  # torch on CUDA: replay each decoder step as a CUDA graph (None: yes)
 
     def __post_init__(self) -> None:
         # paths and lists from callers; kept as str/tuple so the spec hashes and pickles plainly

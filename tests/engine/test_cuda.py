@@ -24,7 +24,7 @@ def test_cuda_float32_gives_the_cpu_tokens(random_ckpt):
 def test_cuda_half_precision_captions_the_fixture_right(tiny_fixture, dtype):
     import numpy as np
 
-    from shapes import caption_for, make_image
+    from tests.helpers.shapes import caption_for, make_image
 
     cap = Captioner.load(tiny_fixture, device="cuda", dtype=dtype)
     rng = np.random.default_rng(0)
@@ -36,3 +36,36 @@ def test_cuda_half_precision_captions_the_fixture_right(tiny_fixture, dtype):
 def test_auto_picks_cuda_and_float16(random_ckpt):
     cap = Captioner.load(random_ckpt)
     assert cap.backend.device.type == "cuda" and cap.backend.dtype == torch.float16
+    assert cap.backend.cuda_graphs and cap.backend.static_step
+
+
+GRAPH_CASES = [
+    dict(max_new_tokens=12),
+    dict(num_beams=3, max_new_tokens=10),
+    dict(num_beams=4, num_return_sequences=2, max_new_tokens=9, length_penalty=0.6, early_stopping=True),
+    dict(num_beams=3, max_new_tokens=10, repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=3),
+    dict(do_sample=True, seed=7, max_new_tokens=10),
+    dict(prompt="a picture of", num_beams=3, max_new_tokens=6),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_graphs_give_the_eager_tokens(eos_ckpt, dtype):
+    from .test_captioner import colour_images
+
+    images = colour_images(6, seed=3)
+    graphs = Captioner.load(eos_ckpt, device="cuda", dtype=dtype)
+    eager = Captioner.load(eos_ckpt, device="cuda", dtype=dtype, cuda_graphs=False)
+    dynamic = Captioner.load(eos_ckpt, device="cuda", dtype=dtype, cuda_graphs=False)
+    dynamic.backend.static_step = False  # the step with per-step shapes, as on the CPU
+    eager.backend.static_step = True  # the fixed-shape step, run without capturing it
+    assert graphs.backend.cuda_graphs and not eager.backend.cuda_graphs
+    for kw in GRAPH_CASES:
+        # in batches of 4 then 2, three times: a shape runs eagerly in its first batch, is captured in
+        # its second and replayed from then on
+        for _ in range(3):
+            got = [c.token_ids for c in graphs.caption(images, batch_size=4, **kw)]
+            assert got == [c.token_ids for c in eager.caption(images, batch_size=4, **kw)], kw
+            if dtype == "float32":
+                assert got == [c.token_ids for c in dynamic.caption(images, batch_size=4, **kw)], kw
+    assert any(bucket.graphs for bucket in graphs.backend.buckets)

@@ -6,6 +6,8 @@ tokens are a meaningful check rather than a coin toss between near-equal logits.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,10 @@ from blipcap import CaptionOptions, Captioner  # noqa: E402
 from blipcap.decoding import resolve_prompt_rows  # noqa: E402
 
 SEP = 102
+# benchmarks/gpu.sh sets cuda: the same checks with blipcap on the GPU (float32, no TF32)
+DEVICE = os.environ.get("BLIPCAP_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda"):
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
 
 def reference(path):
@@ -60,12 +66,12 @@ def ids_with_eos(cap: Captioner, caps, max_new: int) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def pair(random_ckpt):
-    return Captioner.load(random_ckpt, device="cpu", dtype="float32"), *reference(random_ckpt)
+    return Captioner.load(random_ckpt, device=DEVICE, dtype="float32"), *reference(random_ckpt)
 
 
 @pytest.fixture(scope="module")
 def eos_pair(eos_ckpt):
-    return Captioner.load(eos_ckpt, device="cpu", dtype="float32"), *reference(eos_ckpt)
+    return Captioner.load(eos_ckpt, device=DEVICE, dtype="float32"), *reference(eos_ckpt)
 
 
 def test_teacher_forced_logits_match(pair):
@@ -78,9 +84,9 @@ def test_teacher_forced_logits_match(pair):
     backend = cap.backend
     memory = backend.encode(pix.numpy())
     session, logits = backend.start(memory, 1, seq[:, :1], np.ones((3, 1), bool), 12)
-    got = [logits.numpy()]
+    got = [logits.cpu().numpy()]
     for t in range(1, seq.shape[1]):
-        got.append(session.step(torch.from_numpy(seq[:, t])).numpy())
+        got.append(session.step(torch.from_numpy(seq[:, t]).to(backend.device)).cpu().numpy())
     got = np.stack(got, axis=1)
     scale = np.abs(ref).max()
     assert np.abs(got - ref).max() / scale < 1e-5
@@ -93,7 +99,7 @@ def test_prefill_of_a_prompt_matches_stepwise_logits(pair):
     with torch.no_grad():
         ref = model(pixel_values=pix, input_ids=torch.from_numpy(seq)).logits[:, -1].numpy()
     session, logits = cap.backend.start(cap.backend.encode(pix.numpy()), 1, seq, np.ones_like(seq, bool), 4)
-    assert np.abs(logits.numpy() - ref).max() / np.abs(ref).max() < 1e-5
+    assert np.abs(logits.cpu().numpy() - ref).max() / np.abs(ref).max() < 1e-5
 
 
 @pytest.mark.parametrize("kw", [

@@ -128,6 +128,17 @@ class TextBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], attn_mask=mask)
         return self._rest(x, a, cross)
 
+    def forward_static(self, x: torch.Tensor, cache: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor,
+                       cross: torch.Tensor) -> torch.Tensor:
+        """One new token per row with every shape fixed: the slot is a (1,) tensor, attention runs over
+        the whole cache and the mask (rows, 1, 1, L) hides the slots not filled yet, so the same
+        kernels run every step (what a CUDA graph replays)."""
+        q, k, v = self._qkv(x)
+        cache[0].index_copy_(2, slot, k)
+        cache[1].index_copy_(2, slot, v)
+        a = F.scaled_dot_product_attention(q, cache[0], cache[1], attn_mask=mask)
+        return self._rest(x, a, cross)
+
     def forward_explicit(self, x: torch.Tensor, past_kt: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor,
                          cross_k: torch.Tensor, cross_v: torch.Tensor):
         """The same block with the past as inputs and the new keys/values as outputs (ONNX export).
@@ -213,6 +224,15 @@ class TextDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cache[i], start, mask, cross[i])
         return self.head(x[:, -1])  # (rows, vocab): only the newest position is ever needed
+
+    def step_static(self, tokens: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, slot: torch.Tensor,
+                    mask: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+        """`forward` for one token per row (rows, 1), with the cache slot as a (1,) tensor and the mask
+        (rows, 1, 1, L) over the whole cache: no shape depends on the step (TextBlock.forward_static)."""
+        x = self.ln_embed(self.tok_embed(tokens) + self.pos_embed(positions))
+        for i, block in enumerate(self.blocks):
+            x = block.forward_static(x, cache[i], slot, mask, cross[i])
+        return self.head(x[:, -1])
 
 
 class ExplicitStep(nn.Module):

@@ -5,11 +5,14 @@ straight from the (memory-mapped) checkpoint tensors, so loading makes no random
 no second copy at float32; on the CPU the linear layers' weights are then re-laid-out once for
 oneDNN (cpu_pack.py), replacing the dense ones, and each copied weight's mapped pages are dropped.
 Decoding state lives in `TorchSession`: the preallocated self-attention cache, the rows' next
-positions and their padding mask.
+positions and their padding mask; on CUDA in `static.StaticSession`, whose fixed-shape step is
+replayed as a CUDA graph. `auto_batch_size` sizes batches from a memory estimate.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from ..arrays import TorchOps
 from ..checkpoint import ModelDims, load_state_dict
 from .cpu_pack import pack_linears, packing_available
 from .nn import BlipCaptioner
+from .static import BucketPool, StaticSession
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,6 +46,28 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "float16" and device.type != "cuda":
         raise ValueError("float16 is for CUDA; on the CPU use bfloat16 or float32")
     return _DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int  # bytes of the loaded parameters (already resident when a batch size is picked)
+    per_image: int  # bytes one more image in a batch needs: image K/V, encoder activations, its rows' caches
+
+
+def pick_batch_size(estimate: MemoryEstimate, free_bytes: int, limit: int) -> int:
+    """Images per batch that fit `free_bytes` (the weights are loaded already, so free memory
+    excludes them), with a fifth kept back for the allocator's slack, kernel workspaces and CUDA
+    graph pools; a multiple of 8 from 8 up, so that batches fall into few shapes."""
+    fit = int(0.8 * free_bytes) // max(1, estimate.per_image)
+    n = max(1, min(limit, fit))
+    return n - n % 8 if n >= 8 else n
+
+
+def _available_ram() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 class TorchSession:
@@ -98,15 +124,23 @@ class TorchSession:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: BlipCaptioner, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: BlipCaptioner, device: torch.device, dtype: torch.dtype,
+                 cuda_graphs: bool | None = None):
         self.model, self.device, self.dtype = model, device, dtype
         self.dims: ModelDims = model.dims
         self.ops = TorchOps(device)
+        # CUDA: decode with the fixed-shape step (static.py), captured as CUDA graphs unless
+        # cuda_graphs is False. The CPU keeps the dynamic step; `static_step = True` runs the
+        # fixed-shape one eagerly there (what the tests compare).
+        self.cuda_graphs = device.type == "cuda" and cuda_graphs is not False
+        self.static_step = self.cuda_graphs
+        self.buckets = BucketPool()
 
     @classmethod
     def load(cls, model_dir: str | Path, dims: ModelDims, device: str = "auto", dtype: str = "auto",
-             pack: bool = True) -> "TorchBackend":
-        """`pack`: on the CPU, pre-pack the linear layers for oneDNN (cpu_pack.py); export passes False."""
+             pack: bool = True, cuda_graphs: bool | None = None) -> "TorchBackend":
+        """`pack`: on the CPU, pre-pack the linear layers for oneDNN (cpu_pack.py); export passes False.
+        `cuda_graphs`: on CUDA, replay each decoder step as a captured graph (None: yes)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         with torch.device("meta"):
@@ -118,7 +152,7 @@ class TorchBackend:
         del state
         if pack and dev.type == "cpu" and packing_available():
             pack_linears(model, release=pages.release)
-        return cls(model, dev, dt)
+        return cls(model, dev, dt, cuda_graphs)
 
     # Images per vision-encoder call on the CPU: bounds activation memory (a ViT-L layer holds
     # ~50 MB of activations per 2 images); 2 measured as fast as 4 on the large shape with packed
@@ -138,10 +172,38 @@ class TorchBackend:
         return out
 
     def start(self, memory: torch.Tensor, group: int, prompts: np.ndarray, valid: np.ndarray,
-              max_new: int) -> tuple[TorchSession, torch.Tensor]:
+              max_new: int) -> tuple[TorchSession | StaticSession, torch.Tensor]:
         """Prefill the prompts (rows = images x group) and return the session and first logits."""
-        session = TorchSession(self, memory, group, prompts, valid, max_new)
+        kind = StaticSession if self.static_step else TorchSession
+        session = kind(self, memory, group, prompts, valid, max_new)
         return session, session.first_logits
 
+    def memory_estimate(self, group: int, length: int) -> "MemoryEstimate":
+        """What a batch costs on this device: the weights, and per image its share of the decode."""
+        v, t = self.dims.vision, self.dims.text
+        item = torch.finfo(self.dtype).bits // 8
+        n = v.num_patches + 1
+        cuda = self.device.type == "cuda"
+        image_kv = t.layers * 2 * n * t.hidden * item  # the image keys/values every decoder layer reads
+        # the encoder at its widest layer: residual, q/k/v, MLP, and attention scores in case the
+        # kernel materialises them; on the CPU images are encoded two at a time, not all at once
+        encode = (n * (5 * v.hidden + v.mlp) + v.heads * n * n) * item if cuda else 0
+        cache = 2 * t.layers * 2 * length * t.hidden * item  # a row's self-attention cache and its spare
+        search = 8 * t.vocab * 4  # a row's float32 logits and the search's copies of them
+        pixels = 2 * 3 * v.image_size**2 * 4  # float32 on the host, then on the device
+        # the image K/V twice on CUDA: the encoder's output and the static bucket's copy
+        per_image = (2 if cuda else 1) * image_kv + encode + pixels + group * (cache + search)
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return MemoryEstimate(weights, per_image)
+
+    def auto_batch_size(self, group: int, length: int, free_bytes: int | None = None) -> int:
+        """The largest batch whose estimate fits the free memory (read from the device unless given):
+        at most 256 images on CUDA, 8 on the CPU (larger batches measured no faster there)."""
+        if free_bytes is None:
+            free_bytes = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else _available_ram()
+        limit = 256 if self.device.type == "cuda" else 8
+        return pick_batch_size(self.memory_estimate(group, length), free_bytes, limit)
+
     def info(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
+        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "cuda_graphs": self.cuda_graphs}
