@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .backends.base import Backend
 from .checkpoint import CheckpointError, dims_from_config, read_config
-from .decoding import LogitRules, resolve_prompt_rows, rows_per_image, search
+from .decoding import LogitRules, pad_prompt_rows, rows_per_image, search
 from .hub import DEFAULT_MODEL, resolve
 from .images import DEFAULT_MAX_PIXELS, Decoded, ImageError, Preprocessor, image_list, load_image
 from .options import ARTEFACT_PIECES, CaptionOptions, check_against, checkpoint_defaults, merge
@@ -142,7 +142,7 @@ class Captioner:
         _check_batch_size(batch_size)
         prompts, opts = self._options(options, overrides, len(items))
         batch_size = self._batch_size(batch_size, opts)
-        loaded = [self._load(item) for item in items]
+        loaded = [self._prepare_image(item) for item in items]
         if errors == "raise":
             for item in loaded:
                 if isinstance(item, ImageError):
@@ -165,7 +165,7 @@ class Captioner:
         batch_size = self._batch_size(batch_size, opts)
         it = iter(images)
         while batch := list(itertools.islice(it, batch_size)):
-            yield from self._caption_batch([self._load(x) for x in batch], [opts.prompt] * len(batch), opts)
+            yield from self._caption_batch([self._prepare_image(x) for x in batch], [opts.prompt] * len(batch), opts)
 
     def merged(self, options: CaptionOptions | None = None, overrides: dict | None = None) -> CaptionOptions:
         """The options caption() uses for these options and overrides (a prompt is one string here)."""
@@ -208,7 +208,7 @@ class Captioner:
     def _batch_size(self, batch_size: int | str, opts: CaptionOptions) -> int:
         return self.auto_batch_size(opts) if batch_size == "auto" else batch_size
 
-    def _load(self, item: Any) -> Any:
+    def _prepare_image(self, item: Any) -> Any:
         if isinstance(item, Decoded):
             return item  # model-ready (images.Decoder): loading it again would copy and re-check it
         try:
@@ -243,7 +243,7 @@ class Captioner:
         pixels = self.preprocessor.batch([loaded[i] for i in good])
         prompt_ids = [self.codec.prompt_ids(prompts[i]) for i in good]
         group = rows_per_image(opts)
-        ids, valid = resolve_prompt_rows(prompt_ids, group, self.codec.pad_id)
+        ids, valid = pad_prompt_rows(prompt_ids, group, self.codec.pad_id)
         memory = self.backend.encode(pixels)
         session, logits = self.backend.start(memory, group, ids, valid, opts.max_new_tokens)
         ops = self.backend.ops
@@ -257,13 +257,13 @@ class Captioner:
 
     def _text(self, prompt_ids: list[int], tokens: list[int], keep_prompt: bool) -> str:
         if len(prompt_ids) == 1:
-            return self.codec.decode(tokens)
-        full = self.codec.decode(prompt_ids + tokens)
+            return self.codec.detokenize(tokens)
+        full = self.codec.detokenize(prompt_ids + tokens)
         if keep_prompt:
             return full
         # decode together so word pieces join across the seam, then drop the prompt's text
-        head = self.codec.decode(prompt_ids)
-        return full[len(head):].strip() if full.startswith(head) else self.codec.decode(tokens)
+        head = self.codec.detokenize(prompt_ids)
+        return full[len(head):].strip() if full.startswith(head) else self.codec.detokenize(tokens)
 
 
 def _check_batch_size(batch_size: Any) -> None:

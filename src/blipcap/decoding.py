@@ -294,7 +294,7 @@ def _beam(session, logits, prompts, prompt_valid, k, max_new, opts, rules):
     ]
 
 
-def resolve_prompt_rows(prompts: Sequence[list[int]], group: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_prompt_rows(prompts: Sequence[list[int]], group: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-pad each image's prompt ids and repeat each `group` times (image-major rows)."""
     width = max(len(ids) for ids in prompts)
     ids = np.full((len(prompts), width), pad_id, dtype=np.int64)

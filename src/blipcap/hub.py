@@ -51,7 +51,7 @@ def _not_available(repo_id: str, revision: str | None, cause: Exception) -> Mode
     )
 
 
-def _fetch(repo_id: str, alternatives: tuple[tuple[str, ...], ...], required: bool, **kw) -> Path | None:
+def _download(repo_id: str, alternatives: tuple[tuple[str, ...], ...], required: bool, **kw) -> Path | None:
     """Fetch (or find in the cache) the first alternative whose files all exist; its first file's path."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
@@ -88,11 +88,11 @@ def resolve(model: str | os.PathLike = DEFAULT_MODEL, *, revision: str | None = 
 
     kw = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     try:
-        config = _fetch(repo_id, _GROUPS[0], True, **kw)
+        config = _download(repo_id, _GROUPS[0], True, **kw)
         for group in _GROUPS[1:]:
-            _fetch(repo_id, group, True, **kw)
+            _download(repo_id, group, True, **kw)
         for group in _OPTIONAL:
-            _fetch(repo_id, group, False, **kw)
+            _download(repo_id, group, False, **kw)
     except LocalEntryNotFoundError as exc:
         raise _not_available(repo_id, revision, exc) from exc
     except HfHubHTTPError as exc:  # repository or revision not found, gated, server errors

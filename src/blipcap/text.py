@@ -65,7 +65,7 @@ class TextCodec:
             return [self.bos_id]
         return [self.bos_id, *self.tokenizer.encode(prompt, add_special_tokens=False).ids]
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
     def piece_ids(self, pieces: Iterable[str]) -> list[int]:

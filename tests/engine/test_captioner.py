@@ -52,7 +52,7 @@ def test_caption_results_are_plain_dataclasses(cap):
     assert isinstance(result, Caption) and result.ok and result.error is None
     assert len(result.token_ids) == 4 and SEP not in result.token_ids
     assert result.score < 0
-    assert cap.codec.decode(result.token_ids) == result.text
+    assert cap.codec.detokenize(result.token_ids) == result.text
 
 
 def test_bad_item_is_returned_as_its_own_error_and_the_rest_are_unchanged(cap, tmp_path):
@@ -150,7 +150,7 @@ def test_suppress_tokens_and_bad_words(cap):
     assert all(first not in c.token_ids for c in out)
     # a two-token bad phrase: its second token is banned only right after its first
     seq = tuple(base[0].token_ids[:2])
-    phrase = cap.codec.decode(seq)
+    phrase = cap.codec.detokenize(seq)
     assert cap.codec.word_sequences([phrase]) == [seq]
     out = cap.caption(images[:1], max_new_tokens=6, bad_words=[phrase])
     assert out[0].token_ids[0] == seq[0] and out[0].token_ids[1] != seq[1]

@@ -9,7 +9,7 @@ import torch
 
 from blipcap import CaptionOptions, Captioner
 from blipcap.arrays import NumpyOps, TorchOps
-from blipcap.decoding import LogitRules, _Rules, _warp, resolve_prompt_rows, search
+from blipcap.decoding import LogitRules, _Rules, _warp, pad_prompt_rows, search
 
 
 class NumpySession:
@@ -33,7 +33,7 @@ def cap(eos_ckpt):
 def run_search(cap: Captioner, images, opts: CaptionOptions, numpy: bool, prompts=None):
     prompts = prompts or [None] * len(images)
     group = opts.num_beams if opts.num_beams > 1 else opts.num_return_sequences
-    ids, valid = resolve_prompt_rows([cap.codec.prompt_ids(p) for p in prompts], group, cap.codec.pad_id)
+    ids, valid = pad_prompt_rows([cap.codec.prompt_ids(p) for p in prompts], group, cap.codec.pad_id)
     memory = cap.backend.encode(cap.preprocessor.batch(images))
     session, logits = cap.backend.start(memory, group, ids, valid, opts.max_new_tokens)
     if numpy:

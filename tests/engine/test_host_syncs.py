@@ -9,7 +9,7 @@ import pytest
 
 from blipcap import CaptionOptions, Captioner
 from blipcap.arrays import TorchOps
-from blipcap.decoding import resolve_prompt_rows, search
+from blipcap.decoding import pad_prompt_rows, search
 
 from .test_captioner import colour_images
 
@@ -57,7 +57,7 @@ def cap(tmp_path_factory):
 
 def run(cap: Captioner, opts: CaptionOptions, every: int, images, static: bool = False):
     group = opts.num_beams if opts.num_beams > 1 else opts.num_return_sequences
-    ids, valid = resolve_prompt_rows([cap.codec.prompt_ids(None)] * len(images), group, cap.codec.pad_id)
+    ids, valid = pad_prompt_rows([cap.codec.prompt_ids(None)] * len(images), group, cap.codec.pad_id)
     cap.backend.static_step = static
     try:
         session, logits = cap.backend.start(cap.backend.encode(cap.preprocessor.batch(images)), group, ids, valid,

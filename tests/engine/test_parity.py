@@ -16,7 +16,7 @@ from PIL import Image
 transformers = pytest.importorskip("transformers")
 
 from blipcap import CaptionOptions, Captioner  # noqa: E402
-from blipcap.decoding import resolve_prompt_rows  # noqa: E402
+from blipcap.decoding import pad_prompt_rows  # noqa: E402
 
 SEP = 102
 # benchmarks/gpu.sh sets cuda: the same checks with blipcap on the GPU (float32, no TF32)
@@ -196,6 +196,6 @@ def test_weight_formats_and_head_tying_match_transformers(tmp_path, tie):
 
 
 def test_left_padding_helper():
-    ids, valid = resolve_prompt_rows([[5], [5, 6, 7]], 2, 0)
+    ids, valid = pad_prompt_rows([[5], [5, 6, 7]], 2, 0)
     assert ids.tolist() == [[0, 0, 5], [0, 0, 5], [5, 6, 7], [5, 6, 7]]
     assert valid.sum(1).tolist() == [1, 1, 3, 3]

@@ -34,7 +34,7 @@ Connector = Callable[[str, int, float], socket.socket]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-def resolve(host: str, port: int) -> list[str]:
+def resolve_host(host: str, port: int) -> list[str]:
     """Every address `host` resolves to (the system resolver)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({info[4][0] for info in infos})
@@ -81,7 +81,7 @@ class UrlFetcher:
 
     max_bytes: int
     timeout_s: float
-    resolver: Resolver = resolve
+    resolver: Resolver = resolve_host
     connector: Connector = connect
     allow_ip: Callable[[Address], bool] = is_public
     ssl_context: ssl.SSLContext = field(default_factory=ssl.create_default_context)

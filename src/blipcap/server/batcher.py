@@ -32,7 +32,7 @@ class QueueFull(Exception):
 
 
 @dataclass(eq=False)  # identity equality: deque.remove must find this very item
-class _Item:
+class _Queued:
     image: Any
     prompt: str | None
     options: Any
@@ -58,7 +58,7 @@ class Batcher:
         self._run_batch = run_batch
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
         self.metrics = metrics or Metrics()
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._held = 0  # reserved + queued images
         self._wake = asyncio.Event()
         self._draining = False
@@ -126,7 +126,7 @@ class Batcher:
         now = time.monotonic()
         futures = []
         for image, prompt in zip(images, prompts):
-            item = _Item(image, prompt, options, key, loop.create_future(), now)
+            item = _Queued(image, prompt, options, key, loop.create_future(), now)
             item.future.add_done_callback(lambda f, item=item: self._forget(item) if f.cancelled() else None)
             self._queue.append(item)
             futures.append(item.future)
@@ -134,7 +134,7 @@ class Batcher:
         self._wake.set()
         return futures
 
-    def _forget(self, item: _Item) -> None:
+    def _forget(self, item: _Queued) -> None:
         """A cancelled (timed-out) item leaves the queue at once, freeing its slot."""
         try:
             self._queue.remove(item)
@@ -167,7 +167,7 @@ class Batcher:
     def _count(self, key: Hashable) -> int:
         return sum(1 for item in self._queue if item.key == key)
 
-    def _take(self, key: Hashable) -> list[_Item]:
+    def _take(self, key: Hashable) -> list[_Queued]:
         batch, rest = [], collections.deque()
         for item in self._queue:
             (batch if item.key == key and len(batch) < self.max_batch_size else rest).append(item)
@@ -175,7 +175,7 @@ class Batcher:
         self._held -= len(batch)
         return batch
 
-    async def _execute(self, batch: list[_Item]) -> None:
+    async def _execute(self, batch: list[_Queued]) -> None:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         for item in batch:
@@ -203,7 +203,7 @@ class Batcher:
             else:
                 item.future.set_result(result)
 
-    def _one_by_one(self, batch: list[_Item]) -> list:
+    def _one_by_one(self, batch: list[_Queued]) -> list:
         out: list = []
         for item in batch:
             try:
