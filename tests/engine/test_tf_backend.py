@@ -34,7 +34,7 @@ else:
         tf = None
 needs_tf = pytest.mark.skipif(tf is None, reason="tensorflow is not installed (pip install 'blipcap[tf]'); "
                                                  "set BLIPCAP_REQUIRE_TF=1 to fail instead")
-H5_FIXTURE = Path(__file__).parent / "fixtures" / "tiny-tf-h5"
+H5_FIXTURE = Path(__file__).parents[1] / "fixtures" / "tiny-tf-h5"
 
 
 def colour_fields(n: int, seed: int = 0) -> list[np.ndarray]:
