@@ -31,6 +31,7 @@ class Caption:
     token_ids: list[int] = field(default_factory=list)  # generated ids, prompt and [SEP] excluded
     error: Exception | None = None  # why this item could not be captioned (errors="return")
     alternatives: list["Caption"] = field(default_factory=list)  # the other num_return_sequences, best first
+    truncated: bool = False  # stopped by max_new_tokens, not by [SEP] (OpenAI's finish_reason "length")
 
     @property
     def ok(self) -> bool:
@@ -214,7 +215,8 @@ class Captioner:
         ops = self.backend.ops
         results = search(session, logits, ops.asarray(ids), ops.asarray(valid, "bool"), opts, self._rules(opts))
         for i, found, pids in zip(good, results, prompt_ids):
-            caps = [Caption(self._text(pids, r.tokens, opts.keep_prompt), r.score, r.tokens) for r in found]
+            caps = [Caption(self._text(pids, r.tokens, opts.keep_prompt), r.score, r.tokens, truncated=not r.finished)
+                    for r in found]
             caps[0].alternatives = caps[1:]
             out[i] = caps[0]
         return out

@@ -110,7 +110,8 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     progress = Progress(len(paths), mode="off" if quiet else "auto")
     stop = StopRequest()
     job = BulkJob(paths, sinks, options=base, overrides=over, batch_size=args.batch_size, workers=args.workers, alt_text_max=args.alt_text_max if args.alt_text else None,
-                  reporter=Reporter(args.errors, progress), progress=progress, stop=stop)
+                  reporter=Reporter(args.errors, progress), progress=progress, stop=stop, prefix=args.prefix,
+                  suffix=args.suffix)
     job.prepare()  # an output that cannot be written fails before the model loads
     cap = _load_captioner(args)
     with stop.installed():
@@ -141,6 +142,7 @@ def _run_ray(args: argparse.Namespace) -> int:
     local_only = [flag for flag, used in (("--sidecar", args.sidecar is not None), ("--xmp", args.xmp),
                                           ("--index", args.index is not None), ("--json", args.json),
                                           ("--metadata-jsonl", args.metadata_jsonl), ("--allow-urls", args.allow_urls),
+                                          ("--prefix/--suffix", bool(args.prefix or args.suffix)),
                                           (f"--existing {args.existing}", args.existing != "skip")) if used]
     if local_only:
         raise ValueError(f"--engine ray writes --output DIR only; {', '.join(local_only)}: use the local engine")
@@ -330,6 +332,9 @@ def _add_option_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alt-text", action="store_true",
                    help='write captions as alt text: no "a picture of" lead-in, capitalised, a period, short')
     g.add_argument("--alt-text-max", type=int, default=125, metavar="N", help="alt text length limit (default 125)")
+    g.add_argument("--prefix", default="", metavar="TEXT",
+                   help='written before every caption, as given (a training set\'s trigger word: --prefix "ohwx, ")')
+    g.add_argument("--suffix", default="", metavar="TEXT", help="written after every caption, as given")
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
