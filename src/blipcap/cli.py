@@ -143,6 +143,7 @@ def _run_ray(args: argparse.Namespace) -> int:
                                           ("--index", args.index is not None), ("--json", args.json),
                                           ("--metadata-jsonl", args.metadata_jsonl), ("--allow-urls", args.allow_urls),
                                           ("--prefix/--suffix", bool(args.prefix or args.suffix)),
+                                          ("--xmp-name", args.xmp_name is not None),
                                           (f"--existing {args.existing}", args.existing != "skip")) if used]
     if local_only:
         raise ValueError(f"--engine ray writes --output DIR only; {', '.join(local_only)}: use the local engine")
@@ -173,13 +174,15 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if ray_only:
         raise ValueError(f"{', '.join(ray_only)}: only with --engine ray")
     sinks, excluded = [], []
+    if args.xmp_name and not args.xmp:
+        raise ValueError("--xmp-name: only with --xmp")
     if args.sidecar is not None:
         sinks.append(SidecarSink(_sidecar_ext(args.sidecar), args.existing))
     if args.output:
         sinks.append(open_output(args.output, args.existing))
         excluded.append(args.output)
     if args.xmp:
-        sinks.append(XmpSink(args.existing))
+        sinks.append(XmpSink(args.existing, args.xmp_name))
     if args.index is not None:
         db = _db_path(args.index)
         sinks.append(IndexSink(db, args.existing))
@@ -429,7 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--output", metavar="FILE", help="one record per image: .jsonl, .csv or .parquet (with "
                                                       "--engine ray: a folder of Parquet shards)")
     out.add_argument("--xmp", action="store_true",
-                     help="photo.xmp sidecars: dc:description and IPTC alt text, merged into existing ones")
+                     help="XMP sidecars: dc:description and IPTC alt text, merged into existing ones")
+    out.add_argument("--xmp-name", choices=["ext", "base"],
+                     help="ext: photo.jpg.xmp (darktable, digiKam, Immich); base: photo.xmp (Adobe's RAW "
+                          "sidecars); default: update the one that exists, else write photo.jpg.xmp")
     out.add_argument("--index", nargs="?", const="", metavar="DB",
                      help="add to a search index (default: the one `blipcap search` uses)")
     out.add_argument("--metadata-jsonl", metavar="DIR",

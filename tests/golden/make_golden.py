@@ -12,7 +12,8 @@ One expected file changed since, on purpose, by the hardening of issue 13 (not b
 server_bad_option.json gained "error_type" (every request-level refusal now carries it).
 Three changed by issue 15, on purpose: caption_csv.captions.csv, caption_rerun.captions.jsonl and
 caption_sidecar_jsonl.captions.jsonl gained the ``truncated`` column at the end of each row (copied
-from a run of this script; every other byte the same).
+from a run of this script; every other byte the same), and the two XMP sidecars of caption_xmp_alt
+are now named as darktable/digiKam/Immich expect (rose.png.xmp, pond.webp.xmp; renamed, same bytes).
 
 The CLI runs in a temp folder with this clone's src/ first on PYTHONPATH: a relative PYTHONPATH=src
 would not reach it from there, and another installed blipcap would answer instead.
@@ -41,7 +42,7 @@ CLI_RUNS = [
     ("caption_rerun", ["caption", "photos/", "--model", "{model}", "--sidecar", "--output", "captions.jsonl",
                        "--errors", "errors.log"], ["captions.jsonl"]),
     ("caption_xmp_alt", ["caption", "photos/garden", "--model", "{model}", "--xmp", "--alt-text"],
-     ["photos/garden/rose.xmp", "photos/garden/pond.xmp"]),
+     ["photos/garden/rose.png.xmp", "photos/garden/pond.webp.xmp"]),
     ("caption_print", ["caption", "photos/", "--model", "{model}", "--beams", "3"], []),
     ("caption_json", ["caption", "photos/", "--model", "{model}", "--json", "--prompt", "a red"], []),
     ("caption_csv", ["caption", "photos/", "--model", "{model}", "--output", "captions.csv", "--alt-text"],
