@@ -143,7 +143,7 @@ def _run_ray(args: argparse.Namespace) -> int:
                                           ("--index", args.index is not None), ("--json", args.json),
                                           ("--metadata-jsonl", args.metadata_jsonl), ("--allow-urls", args.allow_urls),
                                           ("--prefix/--suffix", bool(args.prefix or args.suffix)),
-                                          ("--xmp-name", args.xmp_name is not None),
+                                          ("--xmp-name", args.xmp_name is not None), ("--embed", args.embed),
                                           (f"--existing {args.existing}", args.existing != "skip")) if used]
     if local_only:
         raise ValueError(f"--engine ray writes --output DIR only; {', '.join(local_only)}: use the local engine")
@@ -174,8 +174,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if ray_only:
         raise ValueError(f"{', '.join(ray_only)}: only with --engine ray")
     sinks, excluded = [], []
-    if args.xmp_name and not args.xmp:
-        raise ValueError("--xmp-name: only with --xmp")
+    if args.xmp_name and not (args.xmp or args.embed):
+        raise ValueError("--xmp-name: only with --xmp or --embed (RAW files get a sidecar)")
+    if args.touch and not args.embed:
+        raise ValueError("--touch: only with --embed")
     if args.sidecar is not None:
         sinks.append(SidecarSink(_sidecar_ext(args.sidecar), args.existing))
     if args.output:
@@ -183,6 +185,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
         excluded.append(args.output)
     if args.xmp:
         sinks.append(XmpSink(args.existing, args.xmp_name))
+    if args.embed:
+        from .outputs.embed import EmbedSink
+
+        sinks.append(EmbedSink(args.existing, alt_text=args.alt_text, touch=args.touch, xmp_name=args.xmp_name))
     if args.index is not None:
         db = _db_path(args.index)
         sinks.append(IndexSink(db, args.existing))
@@ -436,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--xmp-name", choices=["ext", "base"],
                      help="ext: photo.jpg.xmp (darktable, digiKam, Immich); base: photo.xmp (Adobe's RAW "
                           "sidecars); default: update the one that exists, else write photo.jpg.xmp")
+    out.add_argument("--embed", action="store_true",
+                     help="write the caption into JPEG, PNG, WebP and TIFF files (XMP, EXIF, IPTC; needs exiftool); "
+                          "RAW files get an XMP sidecar instead")
+    out.add_argument("--touch", action="store_true", help="with --embed: let written images take the current "
+                                                         "time as their mtime (default: keep it)")
     out.add_argument("--index", nargs="?", const="", metavar="DB",
                      help="add to a search index (default: the one `blipcap search` uses)")
     out.add_argument("--metadata-jsonl", metavar="DIR",
