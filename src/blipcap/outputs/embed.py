@@ -32,14 +32,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from ..images.formats import RAW_SUFFIXES
 from .atomic import replacing
 from .records import Record, Sink, SinkError, check_mode
 from .sinks import XmpSink
 
-# camera RAW, by extension: never written into (Adobe, darktable and digiKam keep their edits in
-# sidecars too); their captions go to an XMP sidecar
-RAW_SUFFIXES = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".raf", ".orf",
-                          ".rw2", ".rwl", ".pef", ".srw", ".3fr", ".erf", ".kdc", ".mrw", ".x3f", ".iiq", ".raw"})
 # exiftool's FileType -> whether the format has IPTC IIM (PNG and WebP have no standard place for it)
 WRITABLE = {"JPEG": True, "TIFF": True, "PNG": False, "WEBP": False, "Extended WEBP": False}
 HEIF_TYPES = frozenset({"HEIC", "HEIF", "AVIF"})
@@ -101,6 +98,8 @@ def probe(tool: ExifTool, path: str) -> dict:
 
 
 def is_raw(path: str) -> bool:
+    """Camera RAW, by extension: never written into (Adobe, darktable and digiKam keep their edits in
+    sidecars too); their captions go to an XMP sidecar."""
     return os.path.splitext(path)[1].lower() in RAW_SUFFIXES
 
 
