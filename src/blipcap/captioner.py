@@ -32,7 +32,7 @@ class Caption:
     token_ids: list[int] = field(default_factory=list)  # generated ids, prompt and [SEP] excluded
     error: Exception | None = None  # why this item could not be captioned (errors="return")
     alternatives: list["Caption"] = field(default_factory=list)  # the other num_return_sequences, best first
-    truncated: bool = False  # ran out of max_new_tokens before the closing [SEP]
+    truncated: bool = False  # stopped by max_new_tokens, not by [SEP] (OpenAI's finish_reason "length")
 
     @property
     def ok(self) -> bool:

@@ -114,8 +114,10 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     progress = Progress(len(paths), mode="off" if quiet else "auto")
     stop = StopRequest()
     auto = args.batch_size == "auto"  # picked once the model is loaded
-    job = BulkJob(paths, sinks, options=base, overrides=over, batch_size=8 if auto else args.batch_size, workers=args.workers, alt_text_max=args.alt_text_max if args.alt_text else None,
-                  reporter=Reporter(args.errors, progress), progress=progress, stop=stop)
+    job = BulkJob(paths, sinks, options=base, overrides=over, batch_size=8 if auto else args.batch_size,
+                  workers=args.workers, alt_text_max=args.alt_text_max if args.alt_text else None,
+                  reporter=Reporter(args.errors, progress), progress=progress, stop=stop, prefix=args.prefix,
+                  suffix=args.suffix)
     job.prepare()  # an output that cannot be written fails before the model loads
     cap = _load_captioner(args)
     if auto:
@@ -148,6 +150,8 @@ def _run_ray(args: argparse.Namespace) -> int:
     local_only = [flag for flag, used in (("--sidecar", args.sidecar is not None), ("--xmp", args.xmp),
                                           ("--index", args.index is not None), ("--json", args.json),
                                           ("--metadata-jsonl", args.metadata_jsonl), ("--allow-urls", args.allow_urls),
+                                          ("--prefix/--suffix", bool(args.prefix or args.suffix)),
+                                          ("--xmp-name", args.xmp_name is not None), ("--embed", args.embed),
                                           (f"--existing {args.existing}", args.existing != "skip"),
                                           ("--batch-size auto", args.batch_size == "auto")) if used]
     if local_only:
@@ -179,13 +183,21 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if ray_only:
         raise ValueError(f"{', '.join(ray_only)}: only with --engine ray")
     sinks, excluded = [], []
+    if args.xmp_name and not (args.xmp or args.embed):
+        raise ValueError("--xmp-name: only with --xmp or --embed (RAW files get a sidecar)")
+    if args.touch and not args.embed:
+        raise ValueError("--touch: only with --embed")
     if args.sidecar is not None:
         sinks.append(SidecarSink(_sidecar_ext(args.sidecar), args.existing))
     if args.output:
         sinks.append(open_output(args.output, args.existing))
         excluded.append(args.output)
     if args.xmp:
-        sinks.append(XmpSink(args.existing))
+        sinks.append(XmpSink(args.existing, args.xmp_name))
+    if args.embed:
+        from .outputs.embed import EmbedSink
+
+        sinks.append(EmbedSink(args.existing, alt_text=args.alt_text, touch=args.touch, xmp_name=args.xmp_name))
     if args.index is not None:
         db = _db_path(args.index)
         sinks.append(IndexSink(db, args.existing))
@@ -338,6 +350,9 @@ def _add_option_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alt-text", action="store_true",
                    help='write captions as alt text: no "a picture of" lead-in, capitalised, a period, short')
     g.add_argument("--alt-text-max", type=int, default=125, metavar="N", help="alt text length limit (default 125)")
+    g.add_argument("--prefix", default="", metavar="TEXT",
+                   help='written before every caption, as given (a training set\'s trigger word: --prefix "ohwx, ")')
+    g.add_argument("--suffix", default="", metavar="TEXT", help="written after every caption, as given")
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
@@ -450,7 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--output", metavar="FILE", help="one record per image: .jsonl, .csv or .parquet (with "
                                                       "--engine ray: a folder of Parquet shards)")
     out.add_argument("--xmp", action="store_true",
-                     help="photo.xmp sidecars: dc:description and IPTC alt text, merged into existing ones")
+                     help="XMP sidecars: dc:description and IPTC alt text, merged into existing ones")
+    out.add_argument("--xmp-name", choices=["ext", "base"],
+                     help="ext: photo.jpg.xmp (darktable, digiKam, Immich); base: photo.xmp (Adobe's RAW "
+                          "sidecars); default: update the one that exists, else write photo.jpg.xmp")
+    out.add_argument("--embed", action="store_true",
+                     help="write the caption into JPEG, PNG, WebP and TIFF files (XMP, EXIF, IPTC; needs exiftool); "
+                          "RAW files get an XMP sidecar instead")
+    out.add_argument("--touch", action="store_true", help="with --embed: let written images take the current "
+                                                         "time as their mtime (default: keep it)")
     out.add_argument("--index", nargs="?", const="", metavar="DB",
                      help="add to a search index (default: the one `blipcap search` uses)")
     out.add_argument("--metadata-jsonl", metavar="DIR",

@@ -10,6 +10,13 @@ sha256 column does not depend on the installed Pillow's encoders.
 
 One expected file changed since, on purpose, by the hardening of issue 13 (not by the refactor):
 server_bad_option.json gained "error_type" (every request-level refusal now carries it).
+Three changed by issue 15, on purpose: caption_csv.captions.csv, caption_rerun.captions.jsonl and
+caption_sidecar_jsonl.captions.jsonl gained the ``truncated`` column at the end of each row (copied
+from a run of this script; every other byte the same), and the two XMP sidecars of caption_xmp_alt
+are now named as darktable/digiKam/Immich expect (rose.png.xmp, pond.webp.xmp; renamed, same bytes).
+
+The CLI runs in a temp folder with this clone's src/ first on PYTHONPATH: a relative PYTHONPATH=src
+would not reach it from there, and another installed blipcap would answer instead.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ CLI_RUNS = [
     ("caption_rerun", ["caption", "photos/", "--model", "{model}", "--sidecar", "--output", "captions.jsonl",
                        "--errors", "errors.log"], ["captions.jsonl"]),
     ("caption_xmp_alt", ["caption", "photos/garden", "--model", "{model}", "--xmp", "--alt-text"],
-     ["photos/garden/rose.xmp", "photos/garden/pond.xmp"]),
+     ["photos/garden/rose.png.xmp", "photos/garden/pond.webp.xmp"]),
     ("caption_print", ["caption", "photos/", "--model", "{model}", "--beams", "3"], []),
     ("caption_json", ["caption", "photos/", "--model", "{model}", "--json", "--prompt", "a red"], []),
     ("caption_csv", ["caption", "photos/", "--model", "{model}", "--output", "captions.csv", "--alt-text"],
@@ -57,7 +64,8 @@ def _neutral(data: bytes, work: Path) -> bytes:
 def run_cli(work: Path) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     exe = [sys.executable, "-m", "blipcap"]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    src_path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": src_path}
     for name, argv, files in CLI_RUNS:
         args = [a.replace("{model}", str(FIXTURE)) for a in argv]
         proc = subprocess.run(exe + args, cwd=work, capture_output=True, env=env, timeout=300)

@@ -104,7 +104,7 @@ def _check_exactly_once(tmp_path: Path, folder: Path, table: str, expected: dict
     assert indexed == {str(Path(p).resolve()): t for p, t in expected.items()}
     for path, text in expected.items():
         assert Path(path).with_suffix(".txt").read_text().strip() == text
-        assert text in Path(path).with_suffix(".xmp").read_text()
+        assert text in Path(path + ".xmp").read_text()  # the ext form: photo.png.xmp
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".blipcap-tmp", ".partial.jsonl"))]
 
 

@@ -119,7 +119,8 @@ def test_parquet_rows_survive_a_kill_through_the_journal(tmp_path):
     assert pq.read_table(out).column("path").to_pylist() == ["a.png", "b.png", "c.png", "d.png"]
     assert not journal.exists()
     assert pq.read_table(out).schema.names == [
-        "path", "caption", "score", "sha256", "width", "height", "model_id", "revision", "options_digest", "error"]
+        "path", "caption", "score", "sha256", "width", "height", "model_id", "revision", "options_digest", "error",
+        "truncated"]  # issue 15: the new column comes last
 
 
 def test_parquet_needs_pyarrow_and_says_how_to_get_it(tmp_path, monkeypatch):
@@ -235,7 +236,7 @@ def test_exiftool_reads_the_caption_and_the_merged_fields(tmp_path):
     (tmp_path / "photo.xmp").write_text(LIGHTROOM_XMP, encoding="utf-8")
     XmpSink("overwrite").write([rec(tmp_path / "photo.jpg", caption="a blue square at the top")])
     XmpSink().write([rec(tmp_path / "fresh.jpg", caption="a green triangle on the right")])
-    out = subprocess.run(["exiftool", "-j", "-XMP:all", str(tmp_path / "photo.xmp"), str(tmp_path / "fresh.xmp")],
+    out = subprocess.run(["exiftool", "-j", "-XMP:all", str(tmp_path / "photo.xmp"), str(tmp_path / "fresh.jpg.xmp")],
                          capture_output=True, text=True, check=True).stdout
     merged, fresh = json.loads(out)
     assert merged["Description"] == merged["AltTextAccessibility"] == "a blue square at the top"

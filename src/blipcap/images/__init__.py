@@ -5,6 +5,8 @@
                EXIF-upright RGB PIL image (load_image); header size guard, draft-mode JPEG
     fetch.py   the one SSRF-safe URL fetcher (UrlFetcher), for the library and the service alike
     pixels.py  RGB -> float32 model input (Preprocessor); the rules for non-8-bit pixel values
+    formats.py HEIC/HEIF, AVIF and camera RAW: recognised by their bytes, decoded by optional extras
+               (pillow-heif, rawpy) registered on first use; MissingDecoderError without them
     decode.py  a file, bytes or URL read once -> a model-ready Decoded (image, sha256, stored size),
                for the folder job, the Ray job and the service (Decoder)
 
@@ -21,11 +23,13 @@ from .errors import (
     UnreadableImageError,
 )
 from .fetch import UrlFetcher, UrlRefused
+from .formats import MissingDecoderError
 from .load import DEFAULT_MAX_PIXELS, image_list, load_image
 from .pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Decoded, Preprocessor
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "Decoded", "Decoder", "EmptyImageError",
-    "ImageError", "ImageTooLargeError", "NotAnImageError", "Preprocessor", "TruncatedImageError",
-    "UnreadableImageError", "UrlFetcher", "UrlRefused", "image_list", "load_image", "read_file", "sha256",
+    "ImageError", "ImageTooLargeError", "MissingDecoderError", "NotAnImageError", "Preprocessor",
+    "TruncatedImageError", "UnreadableImageError", "UrlFetcher", "UrlRefused", "image_list", "load_image",
+    "read_file", "sha256",
 ]

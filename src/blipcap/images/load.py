@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import EmptyImageError, ImageError, ImageTooLargeError, NotAnImageError, TruncatedImageError
 from .errors import UnreadableImageError
 from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, UrlFetcher
+from .formats import HEAD_BYTES, ensure_plugin, read_raw, sniff
 from .pixels import to_rgb, to_uint8
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -124,6 +125,15 @@ def read_image(fp: BinaryIO, name: str, nbytes: int, max_pixels: int | None,
     from the one parse of its header: draft mode may decode a JPEG smaller than it is stored."""
     if nbytes == 0:
         raise EmptyImageError(name, "empty (0 bytes)")
+    head = fp.read(HEAD_BYTES)
+    fp.seek(0)
+    kind = sniff(head, name)
+    if kind == "raw":
+        image, stored = read_raw(fp.read(), name, max_pixels, draft_size, _check_pixels)
+        return to_rgb(image, name), stored
+    if kind is not None:
+        ensure_plugin(kind, name)  # HEIF/AVIF: the optional plugin, registered on first use
+        _formats.cache_clear()
     # Our max_pixels check below replaces Pillow's DecompressionBombWarning. catch_warnings is not
     # thread-safe, but racing threads can at worst leave this one harmless "ignore" filter behind.
     with warnings.catch_warnings():
@@ -131,6 +141,8 @@ def read_image(fp: BinaryIO, name: str, nbytes: int, max_pixels: int | None,
         try:
             image = Image.open(fp, formats=_formats())
         except UnidentifiedImageError as e:
+            if kind is not None:  # its bytes say HEIF/AVIF, and the decoder still gave up: broken
+                raise TruncatedImageError(name, f"truncated or corrupt {kind.upper()} data") from e
             raise NotAnImageError(name, "not a recognised image format") from e
         except Image.DecompressionBombError as e:
             raise ImageTooLargeError(name, f"refused by Pillow's bomb guard: {e}") from e

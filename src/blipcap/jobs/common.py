@@ -21,23 +21,27 @@ from ..outputs.paths import line_path
 from .progress import Progress
 
 
-def options_digest(options: CaptionOptions, alt_text_max: int | None = None) -> str:
+def options_digest(options: CaptionOptions, alt_text_max: int | None = None, prefix: str = "",
+                   suffix: str = "") -> str:
     """16 hex digits naming the caption settings: equal digests, interchangeable captions."""
     spec = {**dataclasses.asdict(options), "alt_text_max": alt_text_max}
+    if prefix or suffix:  # only then: the digests of runs without them stay what they were
+        spec.update(prefix=prefix, suffix=suffix)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 def resolve_options(captioner, options: CaptionOptions | None, overrides: dict,
-                    alt_text_max: int | None) -> tuple[CaptionOptions, str]:
+                    alt_text_max: int | None, prefix: str = "", suffix: str = "") -> tuple[CaptionOptions, str]:
     """The options caption() will use for these options and overrides, and their digest (what a
     resumed job compares with the digest stored beside each caption)."""
     opts = captioner.merged(options, overrides)
-    return opts, options_digest(opts, alt_text_max)
+    return opts, options_digest(opts, alt_text_max, prefix, suffix)
 
 
-def final_text(text: str, alt_text_max: int | None) -> str:
-    """A caption as written out: rewritten as alt text when a length limit is set."""
-    return alt_text(text, alt_text_max) if alt_text_max else text
+def final_text(text: str, alt_text_max: int | None, prefix: str = "", suffix: str = "") -> str:
+    """A caption as written out: rewritten as alt text when a length limit is set, then between
+    ``prefix`` and ``suffix`` (a training set's trigger word: ``--prefix "ohwx, "``), as given."""
+    return prefix + (alt_text(text, alt_text_max) if alt_text_max else text) + suffix
 
 
 def result_error(result) -> str:

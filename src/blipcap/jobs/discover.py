@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+from ..images.formats import HEAD_BYTES, HEIF_SUFFIXES, RAW_SUFFIXES, sniff
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+                           | HEIF_SUFFIXES | RAW_SUFFIXES)
 
 _SIGNATURES = (
     b"\xff\xd8\xff",  # JPEG
@@ -35,12 +38,12 @@ def looks_like_image(path: str | os.PathLike) -> bool:
     """Whether the file's first bytes are the signature of an image format blipcap reads."""
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(HEAD_BYTES)
     except OSError:
         return False
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return True
-    return head.startswith(_SIGNATURES)
+    return head.startswith(_SIGNATURES) or sniff(head) is not None  # HEIC, AVIF, camera RAW
 
 
 def read_path_list(source: str) -> list[str]:

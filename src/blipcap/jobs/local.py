@@ -76,12 +76,14 @@ class BulkJob:
     Each sink's ``existing`` says what to do about images it already holds: skip (an image every
     sink holds is not read, let alone captioned), overwrite (caption again and replace), append
     (caption again and add). ``alt_text_max``: rewrite captions as alt text of at most that many characters.
+    ``prefix``/``suffix``: text written before/after every caption (jobs.common.final_text).
     """
 
     def __init__(self, paths: Sequence[str], sinks: Sequence[Sink], *, options: CaptionOptions | None = None,
                  overrides: dict[str, Any] | None = None, batch_size: int = 8, workers: int | None = None,
                  alt_text_max: int | None = None, reporter: Reporter | None = None,
-                 progress: Progress | None = None, stop: StopRequest | None = None):
+                 progress: Progress | None = None, stop: StopRequest | None = None, prefix: str = "",
+                 suffix: str = ""):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if workers is not None and workers < 1:
@@ -89,6 +91,7 @@ class BulkJob:
         self.paths, self.sinks = list(paths), list(sinks)
         self.options, self.overrides = options, dict(overrides or {})  # as Captioner.caption takes them
         self.batch_size, self.alt_text_max = batch_size, alt_text_max
+        self.prefix, self.suffix = prefix, suffix
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.progress = progress or Progress(len(self.paths), mode="off")
         self.reporter = reporter or Reporter(progress=self.progress)
@@ -106,9 +109,10 @@ class BulkJob:
         self.prepare()
         self.summary = Summary(total=len(self.paths))
         self.cap = captioner
-        self.opts, self.digest = resolve_options(captioner, self.options, self.overrides, self.alt_text_max)
+        self.opts, self.digest = resolve_options(captioner, self.options, self.overrides, self.alt_text_max,
+                                                 self.prefix, self.suffix)
         self.active = [s for s in self.sinks if not s.passive]
-        self.cache: dict[str, tuple[str, float | None]] = {}  # sha256 -> caption, score
+        self.cache: dict[str, tuple[str, float | None, bool | None]] = {}  # sha256 -> caption, score, truncated
         if all(s.existing == "skip" for s in self.active):  # overwrite/append ask for fresh captions
             self._seed_cache()
         self._ready: list[tuple[_Item, Record, str]] = []
@@ -153,7 +157,7 @@ class BulkJob:
             for r in sink.known():
                 if (r.options_digest == self.digest and r.model_id == self.cap.model_id
                         and r.revision == self.cap.revision and r.sha256 and r.caption is not None):
-                    self.cache[r.sha256] = (r.caption, r.score)
+                    self.cache[r.sha256] = (r.caption, r.score, r.truncated)
 
     def _plan(self) -> Iterator[_Item]:
         for seq, path in enumerate(self.paths):
@@ -182,7 +186,7 @@ class BulkJob:
             if self._stopping():
                 return  # the batch not yet started is dropped; a re-run does it
             if item.error is not None:
-                self._emit(item, None, None, "failed")
+                self._emit(item, None, None, None, "failed")
             elif item.sha256 in self.cache:
                 self._emit(item, *self.cache[item.sha256], "reused")
             elif item.sha256 in waiting:
@@ -209,21 +213,22 @@ class BulkJob:
             item.image = None
             if not result.ok:  # cannot happen for decoded images; reported if it ever does
                 item.error = result_error(result)
-                self._emit(item, None, None, "failed")
+                self._emit(item, None, None, None, "failed")
                 continue
-            text = final_text(result.text, self.alt_text_max)
-            self.cache[item.sha256] = (text, result.score)
-            alternatives = [(final_text(a.text, self.alt_text_max), a.score) for a in result.alternatives]
-            self._emit(item, text, result.score, "captioned", alternatives)
+            text = final_text(result.text, self.alt_text_max, self.prefix, self.suffix)
+            self.cache[item.sha256] = (text, result.score, result.truncated)
+            alternatives = [(final_text(a.text, self.alt_text_max, self.prefix, self.suffix), a.score)
+                            for a in result.alternatives]
+            self._emit(item, text, result.score, result.truncated, "captioned", alternatives)
             for twin in waiting.get(item.sha256, ()):
-                self._emit(twin, text, result.score, "reused")
+                self._emit(twin, text, result.score, result.truncated, "reused")
         self._flush()
 
-    def _emit(self, item: _Item, caption: str | None, score: float | None, outcome: str,
+    def _emit(self, item: _Item, caption: str | None, score: float | None, truncated: bool | None, outcome: str,
               alternatives: list | None = None) -> None:
         item.image = None
         record = Record(item.path, caption, score, item.sha256, item.width, item.height, self.cap.model_id,
-                        self.cap.revision, self.digest, item.error, alternatives or [])
+                        self.cap.revision, self.digest, item.error, alternatives or [], truncated)
         self._ready.append((item, record, outcome))
 
     def _flush(self) -> None:

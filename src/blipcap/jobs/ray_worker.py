@@ -95,16 +95,17 @@ class CaptionWorker:
         results = dict(zip(ready, results))
         records = []
         for i in todo:
-            caption = score = width = height = None
+            caption = score = width = height = truncated = None
             error = decoded[i] if isinstance(decoded[i], str) else None
             if i in results:
                 width, height = decoded[i].width, decoded[i].height
                 if results[i].ok:
                     caption, score = final_text(results[i].text, self.spec.alt_text_max), results[i].score
+                    truncated = results[i].truncated
                 else:  # cannot happen for decoded images; recorded if it ever does
                     error = result_error(results[i])
             records.append(Record(paths[i], caption, score, shas[i], width, height, self.cap.model_id,
-                                  self.cap.revision, self.digest, error))
+                                  self.cap.revision, self.digest, error, truncated=truncated))
         return records_table(records)
 
     def _done(self, paths: list[str], shas: list[str]) -> np.ndarray:

@@ -24,6 +24,9 @@ class Record:
     options_digest: str  # digest of the caption options (and --alt-text), see jobs.common.options_digest
     error: str | None = None  # "<ErrorKind>: <reason>"
     alternatives: list[tuple[str, float]] = field(default_factory=list, repr=False)  # stdout --json only
+    # the caption stopped at max_new_tokens; None: not known (a failure, or a table written before
+    # this column existed). Last in COLUMNS so that older tables, which end at ``error``, still read.
+    truncated: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -31,6 +34,7 @@ class Record:
 
 
 COLUMNS = tuple(f.name for f in fields(Record) if f.name != "alternatives")
+LEGACY_COLUMNS = COLUMNS[: COLUMNS.index("truncated")]  # tables written before ``truncated``
 
 
 def check_mode(existing: str) -> str:
@@ -82,8 +86,17 @@ def arrow_schema():
     """The Arrow schema of a Record table: the local Parquet output's and the Ray job's shards."""
     import pyarrow as pa
 
-    types = {"score": pa.float64(), "width": pa.int64(), "height": pa.int64()}
+    types = {"score": pa.float64(), "width": pa.int64(), "height": pa.int64(), "truncated": pa.bool_()}
     return pa.schema([(name, types.get(name, pa.string())) for name in COLUMNS])
+
+
+def with_all_columns(table):
+    """A table of COLUMNS or of LEGACY_COLUMNS (written before ``truncated``) -> one of COLUMNS."""
+    import pyarrow as pa
+
+    if table.schema.names == list(LEGACY_COLUMNS):
+        table = table.append_column(pa.field("truncated", pa.bool_()), pa.nulls(table.num_rows, pa.bool_()))
+    return table
 
 
 def records_table(records: list[Record]):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..uris import has_scheme
 from .atomic import is_temp, temp_name
-from .records import COLUMNS, SinkError, arrow_strings
+from .records import COLUMNS, LEGACY_COLUMNS, SinkError, arrow_strings
 
 
 @dataclass
@@ -65,7 +65,7 @@ class ShardFolder:
         for name in self.shards():
             try:
                 names = pq.read_schema(self.path(name), filesystem=self.fs).names
-                if names != list(COLUMNS):
+                if names not in (list(COLUMNS), list(LEGACY_COLUMNS)):  # older shards still read
                     raise SinkError(f"{self.output}/{name} has the columns {names}, not a blipcap output's; "
                                     f"use another folder or move it away")
                 table = pq.read_table(self.path(name), columns=["path", "sha256", "error"], filesystem=self.fs)

@@ -91,13 +91,43 @@ class SidecarSink(_FileBeside):
         return f"{caption}\n".encode()
 
 
+XMP_NAMES = ("ext", "base")
+
+
 class XmpSink(_FileBeside):
-    """``photo.jpg`` -> ``photo.xmp`` with the caption merged in (see xmp.py); one caption per image."""
+    """``photo.jpg`` -> an XMP sidecar with the caption merged in (see xmp.py); one caption per image.
+
+    Its name (``name``): "ext" ``photo.jpg.xmp``, as darktable, digiKam and Immich write and read
+    (Immich looks for it first), so ``photo.jpg`` and ``photo.png`` each have their own; "base"
+    ``photo.xmp``, as Adobe names RAW sidecars. None (the default): the sidecar that already exists
+    in either form is updated (ext first, as Immich reads it), else the ext form is written; a base
+    form that another image of the folder already claimed is not shared: that image gets the ext form.
+    """
 
     what = "XMP sidecar"
 
-    def __init__(self, existing: str = "skip"):
+    def __init__(self, existing: str = "skip", name: str | None = None):
+        if name is not None and name not in XMP_NAMES:
+            raise ValueError(f"the XMP sidecar name must be one of {', '.join(XMP_NAMES)}, got {name!r}")
         super().__init__(".xmp", existing)
+        self.name = name
+        self._ext_form: set[str] = set()  # images that fell back to the ext form (see clash)
+
+    def target(self, path: str) -> Path:
+        p = Path(path)
+        ext, base = p.with_name(p.name + ".xmp"), p.with_suffix(".xmp")
+        if self.name == "ext" or path in self._ext_form:
+            return ext
+        if self.name == "base":
+            return base
+        return base if not os.path.lexists(ext) and os.path.lexists(base) else ext
+
+    def clash(self, path: str) -> str | None:
+        reason = super().clash(path)
+        if reason and self.name is None and not path[:8].lower().startswith(("http://", "https://")):
+            self._ext_form.add(path)  # an existing photo.xmp taken by photo.jpg: photo.png gets its own
+            reason = super().clash(path)
+        return reason
 
     def has(self, path: str) -> bool:
         return xmp.read_description(self.target(path)) is not None

@@ -23,7 +23,8 @@ from typing import Iterable, Iterator, Sequence
 
 from .atomic import atomic_write, check_writable, lock_output, replacing
 from .paths import path_from_text, path_text
-from .records import COLUMNS, Record, Sink, SinkError, arrow_schema, check_mode, records_table
+from .records import (COLUMNS, LEGACY_COLUMNS, Record, Sink, SinkError, arrow_schema, check_mode, records_table,
+                      with_all_columns)
 
 
 class _Table(Sink):
@@ -177,12 +178,16 @@ class _Table(Sink):
                          f"use another file name or move it away")
 
 
+_TRUTH = {"True": True, "False": False, "true": True, "false": False}  # CSV cells; "" -> None
+
+
 def _record(row: dict) -> Record:
     values = {name: row.get(name) for name in COLUMNS}
     values["path"] = path_from_text(values["path"])
     for name in ("width", "height"):
         values[name] = int(values[name]) if values[name] not in (None, "") else None
     values["score"] = float(values["score"]) if values["score"] not in (None, "") else None
+    values["truncated"] = _TRUTH.get(values["truncated"]) if isinstance(values["truncated"], str) else values["truncated"]
     for name in ("caption", "sha256", "revision", "error"):
         values[name] = values[name] if values[name] != "" else None
     if values["caption"] is None and values["error"] is None:
@@ -225,29 +230,40 @@ class JsonlSink(_Table):
 
 
 class CsvSink(_Table):
-    """A header row, then the COLUMNS fields; empty cells for missing values."""
+    """A header row, then the COLUMNS fields; empty cells for missing values. A file written before
+    the ``truncated`` column keeps its header (LEGACY_COLUMNS): rows added to it leave that cell out."""
+
+    _columns = COLUMNS  # this file's: COLUMNS, or LEGACY_COLUMNS for an older file (see _check_ours)
 
     def _header(self) -> str:
-        return ",".join(COLUMNS) + "\n"
+        return ",".join(self._columns) + "\n"
 
     def _signature(self) -> bytes:
         return self._header().encode()
+
+    def _check_ours(self) -> None:
+        with open(self.path, "rb") as f:
+            head = f.read(len(self._signature()))
+        if head.startswith((",".join(LEGACY_COLUMNS) + "\n").encode()):
+            self._columns = LEGACY_COLUMNS
+        else:
+            super()._check_ours()
 
     def rows(self) -> Iterator[dict]:
         with open(self.path, encoding="utf-8", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            if header != list(COLUMNS):
-                raise self._bad("", f"has the header {header!r}, not {list(COLUMNS)!r}")
+            if header != list(self._columns):
+                raise self._bad("", f"has the header {header!r}, not {list(self._columns)!r}")
             for row in reader:
-                yield dict(zip(COLUMNS, row))
+                yield dict(zip(self._columns, row))
 
     def _format(self, records: list[Record]) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         for r in records:
-            cells = {**{k: getattr(r, k) for k in COLUMNS}, "path": path_text(r.path)}
-            writer.writerow(["" if cells[k] is None else cells[k] for k in COLUMNS])
+            cells = {**{k: getattr(r, k) for k in self._columns}, "path": path_text(r.path)}
+            writer.writerow(["" if cells[k] is None else cells[k] for k in self._columns])
         return out.getvalue()
 
 
@@ -329,9 +345,9 @@ class ParquetSink(Sink):
             table = pq.read_table(self.path)
         except (pa.ArrowException, OSError) as e:
             raise SinkError(f"{self.path} cannot be read as Parquet ({e}); use another file name or move it away") from e
-        if table.schema.names != list(COLUMNS):
+        if table.schema.names not in (list(COLUMNS), list(LEGACY_COLUMNS)):
             raise SinkError(f"{self.path} has the columns {table.schema.names}, not a blipcap output's")
-        return table.cast(arrow_schema())
+        return with_all_columns(table).cast(arrow_schema())
 
     def has(self, path: str) -> bool:
         return path in self._last and self._last[path] is None

@@ -1,4 +1,5 @@
-"""XMP sidecars (``photo.xmp``) holding a caption, merged into whatever the sidecar already holds.
+"""XMP sidecars (``photo.jpg.xmp`` or ``photo.xmp``, as sinks.XmpSink names them) holding a caption,
+merged into whatever the sidecar already holds.
 
 The caption goes in ``dc:description`` (what Lightroom, darktable, digiKam and exiftool show as
 the description/caption) and ``Iptc4xmpCore:AltTextAccessibility`` (IPTC 2021 alt text), each a
