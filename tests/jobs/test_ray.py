@@ -115,6 +115,33 @@ def test_rerun_skips_unchanged_files_and_redoes_changed_new_and_failed_ones(clus
     assert shards[0].exists()  # the first run's rows that still hold stay where they were
 
 
+def test_a_rerun_reads_only_the_files_whose_listing_changed(cluster, tiny_fixture, tmp_path, monkeypatch):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    expected = write_shapes(folder, 4, seed=33)
+    handed = []  # the bytes of the files handed to Ray to read, per run
+    real = ray.data.read_binary_files
+    monkeypatch.setattr(ray.data, "read_binary_files",
+                        lambda paths, **kw: handed.append(sum(os.path.getsize(p) for p in paths)) or real(paths, **kw))
+    assert job(tiny_fixture, [folder], out).run().captioned == 4
+    assert handed == [sum(os.path.getsize(p) for p in expected)] and (out / "_listing.parquet").is_file()
+
+    handed.clear()
+    again = job(tiny_fixture, [folder], out).run()
+    assert (again.captioned, again.skipped) == (0, 4) and handed == []  # not one byte read
+
+    touched = sorted(expected)[0]
+    os.utime(touched, ns=(1_600_000_000_000_000_000,) * 2)  # a new mtime, the same bytes
+    third = job(tiny_fixture, [folder], out).run()
+    assert (third.captioned, third.skipped) == (0, 4) and handed == [os.path.getsize(touched)]  # read, hashed: done
+
+    handed.clear()
+    (out / "_listing.parquet").unlink()  # no listing (shards of an older blipcap): every file is hashed
+    assert job(tiny_fixture, [folder], out).run().skipped == 4 and handed == [sum(os.path.getsize(p) for p in expected)]
+    handed.clear()
+    assert job(tiny_fixture, [folder], out).run().skipped == 4 and handed == []
+    assert {row["path"]: row["caption"] for row in rows(out)} == expected
+
+
 def test_a_worker_killed_mid_run_costs_only_its_batch(cluster, tiny_fixture, tmp_path):
     died = tmp_path / "died"
 
