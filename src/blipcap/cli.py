@@ -193,8 +193,18 @@ def _run_ray(args: argparse.Namespace) -> int:
     pool = PoolSpec(args.workers, args.cpus_per_worker or 1.0, args.gpus_per_worker or 0.0, args.batch_size)
     job = RayJob(args.inputs, args.output, model, pool, options=base, overrides=over,
                  alt_text_max=args.alt_text_max if args.alt_text else None, files_from=args.files_from,
-                 recursive=not args.no_recursive, reporter=Reporter(args.errors), quiet=args.quiet)
-    return _summarise(args, job.run(address=args.ray_address))
+                 recursive=not args.no_recursive, reporter=Reporter(args.errors), quiet=args.quiet,
+                 image_column=args.image_column, key_column=args.key_column)
+    summary = job.run(address=args.ray_address)
+    if args.write_back:
+        from .jobs.writeback import write_back
+
+        if job.dataset is None:
+            raise ValueError("--write-back is for dataset inputs (.tar shards, .parquet/.arrow tables, save_to_disk)")
+        for path in write_back(job.dataset, job.captions(), args.write_back):
+            if not args.quiet:
+                print(f"blipcap: wrote {path}", file=sys.stderr)
+    return _summarise(args, summary)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:

@@ -305,6 +305,11 @@ class Datasets:
                 self.entries[path] = _Entry(source, key)
                 self.paths.append(path)
 
+    def label_of(self, path: str) -> str:
+        """The source (shard, table, dataset folder) a sample path belongs to."""
+        entry = self.entries.get(path)
+        return entry.source.label if entry else path
+
     def read(self, paths: Iterable[str]) -> Iterator[tuple[str, bytes | None, str | None]]:
         """(path, bytes, error) for each path asked for, in order; ``paths`` in listing order. Only the
         image bytes of these samples are read."""
@@ -314,9 +319,10 @@ class Datasets:
 
         for source, group in itertools.groupby(paths, key=source_of):
             group = list(group)  # one shard's wanted samples
-            if isinstance(source, str):
+            if isinstance(source, str):  # a shard that cannot be listed, or a sample gone since
                 for path in group:
-                    yield path, None, self.unlisted[path]
+                    yield path, None, self.unlisted.get(path) or failure_text(
+                        UnreadableImageError(path, "not in the dataset any more"))
                 continue
             given = 0
             try:

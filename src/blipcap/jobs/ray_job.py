@@ -48,10 +48,15 @@ from ..outputs.shards import ShardFolder, ShardRow
 from .common import Reporter, failure_text
 from .progress import Summary
 from .ray_plan import Inputs, plan_inputs, read_listing, write_listing
-from .ray_worker import CaptionWorker, WorkerSpec, done_key, require_ray, shard_sink
+from .datasets import Datasets, is_dataset
+from .ray_worker import CaptionWorker, WorkerSpec, dataset_rows, done_key, require_ray, shard_sink
 
 
 IO_CPUS = 0.25  # what each read and write task reserves: the actors never take the last of the CPUs
+
+
+def print_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class RayJobError(RuntimeError):
@@ -90,7 +95,7 @@ class RayJob:
                  pool: PoolSpec | None = None, *, options: CaptionOptions | None = None,
                  overrides: dict[str, Any] | None = None, alt_text_max: int | None = None,
                  files_from: str | None = None, recursive: bool = True, reporter: Reporter | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, image_column: str | None = None, key_column: str | None = None):
         """model: what every actor loads (device auto: CUDA when Ray gave the actor a GPU; threads
         default: the actor's CPUs). options (None: the checkpoint's defaults) and overrides (CaptionOptions
         fields, as caption() takes them) say how it captions; alt_text_max rewrites captions as alt text."""
@@ -102,12 +107,14 @@ class RayJob:
         self.files_from, self.recursive = files_from, recursive
         self.reporter = reporter or Reporter()
         self.quiet = quiet
+        self.image_column, self.key_column = image_column, key_column  # dataset tables (datasets.py)
+        self.dataset: Datasets | None = None  # the dataset inputs, once planned
 
     def run(self, address: str | None = None) -> Summary:
         """Plan (usage and output errors come before Ray starts), caption, then settle the folder."""
         ray = require_ray()
         start = time.monotonic()
-        plan = plan_inputs(self.inputs, files_from=self.files_from, recursive=self.recursive)
+        plan = self._plan()
         folder = ShardFolder(self.output)
         folder.clean()
         before = folder.scan()
@@ -117,13 +124,34 @@ class RayJob:
         unchanged = {p for p in done if p in plan.stats and listing.get(p) == plan.stats[p]}
         run = f"part-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}-"
         to_read = plan.to_read(skip=unchanged)  # a done file without a listing match is read and hashed
+        hashed = done
+        if self.dataset is not None:  # a sample is named by shard + key: done by path, never read
+            to_read, hashed = [p for p in plan.paths if p not in done], {}
         if to_read:
-            self._caption(ray, address, plan, to_read, done, folder, run)
+            self._caption(ray, address, plan, to_read, hashed, folder, run)
         summary = self._settle(plan, folder, run, before, done)
         self._list(plan, folder, listing, before)
         summary.seconds = time.monotonic() - start
         self.reporter.close()
         return summary
+
+    def _plan(self) -> Inputs:
+        if not (self.inputs and self.files_from is None and all(is_dataset(i) for i in self.inputs)):
+            return plan_inputs(self.inputs, files_from=self.files_from, recursive=self.recursive)
+        self.dataset = Datasets(self.inputs, image_column=self.image_column, key_column=self.key_column,
+                                note=(lambda line: None) if self.quiet else print_stderr)
+        return Inputs(list(self.dataset.paths))
+
+    def captions(self) -> dict[str, str]:
+        """path -> caption of every row of the output folder that holds one (for --write-back)."""
+        import pyarrow.parquet as pq
+
+        folder, out = ShardFolder(self.output), {}
+        for name in folder.shards():
+            table = pq.read_table(folder.path(name), filesystem=folder.fs, columns=["path", "caption", "error"])
+            out.update((p, c) for p, c, e in zip(*(table.column(n).to_pylist() for n in ("path", "caption", "error")))
+                       if e is None and c is not None)
+        return out
 
     def _caption(self, ray, address, plan: Inputs, to_read: list[str], done: dict[str, str],
                  folder: ShardFolder, run: str) -> None:
@@ -145,8 +173,11 @@ class RayJob:
             # one block per batch: an actor task is one batch, so every worker gets work and a lost
             # worker costs one batch (Ray sizes blocks by bytes: a small job would be one block)
             blocks = math.ceil(len(to_read) / self.pool.batch_size)
-            ds = ray.data.read_binary_files(to_read, include_paths=True, filesystem=plan.filesystem,
-                                            ignore_missing_paths=True, num_cpus=IO_CPUS, override_num_blocks=blocks)
+            if self.dataset is not None:
+                ds = dataset_rows(ray, self.dataset, to_read, self.image_column, self.key_column, IO_CPUS)
+            else:
+                ds = ray.data.read_binary_files(to_read, include_paths=True, filesystem=plan.filesystem,
+                                                ignore_missing_paths=True, num_cpus=IO_CPUS, override_num_blocks=blocks)
             ds = ds.map_batches(self.worker, fn_constructor_args=(spec, keys),
                                 batch_size=self.pool.batch_size, batch_format="pyarrow",
                                 compute=ray.data.ActorPoolStrategy(size=workers),

@@ -54,7 +54,7 @@ class Inputs:
     paths: list[str]  # as the output records them: absolute local paths, or full URIs
     filesystem: Any = None  # pyarrow filesystem of URI inputs; None: local files
     prefix: str = ""  # a path Ray reports back, prefixed with this, is its recorded path ("s3://")
-    unreadable: dict[str, str] = field(default_factory=dict)  # local path -> why Ray cannot read it
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> why Ray cannot read it
     stats: dict[str, Stat] = field(default_factory=dict)  # path -> its listing, where the filesystem gives one
 
     def to_read(self, skip: set[str] = frozenset()) -> list[str]:
@@ -132,7 +132,9 @@ def _plan_uris(uris: list[str], from_list: set[str], recursive: bool) -> Inputs:
         infos.update(zip(unlisted, filesystem.get_file_info(unlisted)))
     stats = {prefix + p: (i.size, i.mtime_ns) for p, i in infos.items()  # no size or mtime: that file is hashed
              if i.type == pafs.FileType.File and i.size is not None and i.mtime_ns is not None}
-    return Inputs(paths, filesystem, prefix, stats=stats)
+    missing = failure_text(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    gone = {prefix + p: missing for p, i in infos.items() if i.type == pafs.FileType.NotFound}
+    return Inputs(paths, filesystem, prefix, unreadable=gone, stats=stats)
 
 
 def _list_folder(fs, path: str, recursive: bool) -> list:
