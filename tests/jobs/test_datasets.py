@@ -208,3 +208,13 @@ def test_cli_dataset_inputs_and_write_back(tiny_fixture, tmp_path):
     r = run_cli(*common, "--write-back", str(tmp_path))
     assert r.returncode == 2 and "never modified" in r.stderr
     assert hashlib.sha256(shard.read_bytes()).hexdigest() == digest
+
+
+def test_shards_named_by_uri_and_uri_glob_read_the_same_bytes(tmp_path):
+    files = shape_files(tmp_path / "files", 4, seed=12)
+    write_tar(tmp_path / "000000.tar", img2dataset_samples(files[:2]))
+    write_tar(tmp_path / "000001.tar", img2dataset_samples(files[2:], start=2))
+    source = Datasets([f"file://{tmp_path}/*.tar"])
+    assert source.paths == [f"file://{tmp_path}/00000{i // 2}.tar#{i:09d}" for i in range(4)]
+    got = list(source.read(source.paths[1:]))  # a subset: only those samples' bytes
+    assert [(p, data) for p, data, _ in got] == [(source.paths[i], files[i][0].read_bytes()) for i in (1, 2, 3)]

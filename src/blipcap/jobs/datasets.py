@@ -335,11 +335,26 @@ class Datasets:
 
 
 def _expand(inputs: Sequence[str]) -> list[str]:
-    """Inputs with glob patterns (``shards/*.tar``) expanded, sorted; each once."""
+    """Inputs with glob patterns (``shards/*.tar``, ``s3://bucket/shards/*.tar``) expanded, sorted; each once."""
     out: list[str] = []
     for item in inputs:
-        if not has_scheme(item) and not os.path.lexists(item) and glob.has_magic(item):
+        if has_scheme(item) and glob.has_magic(item.split("://", 1)[1]):
+            out += _expand_uri(item)
+        elif not has_scheme(item) and not os.path.lexists(item) and glob.has_magic(item):
             out += sorted(glob.glob(item, recursive=True))
         else:
             out.append(item)
     return list(dict.fromkeys(out))
+
+
+def _expand_uri(pattern: str) -> list[str]:
+    """``scheme://folder/<pattern>``: the files of that folder (pyarrow.fs) whose names match."""
+    import fnmatch
+
+    from pyarrow import fs as pafs
+
+    folder, name = pattern.rsplit("/", 1)
+    filesystem, inner = pafs.FileSystem.from_uri(folder)
+    head = folder[: len(folder) - len(inner)] if folder.endswith(inner) else folder.split("://")[0] + "://"
+    infos = filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(head + i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, name))
