@@ -60,7 +60,7 @@ def hf_image_dataset(files: list[tuple[Path, str]], extra: list[bytes] = ()):
 
 
 class CountingOpen:
-    """Stands in for blipcap.jobs.datasets.open_input: counts every byte read through the files it opens."""
+    """Stands in for blipcap.jobs.sources.open_input: counts every byte read through the files it opens."""
 
     def __init__(self, real):
         self.real, self.bytes = real, 0

@@ -12,6 +12,7 @@ import pytest
 
 from blipcap import Captioner
 from blipcap.jobs import datasets as dsmod
+from blipcap.jobs import sources
 from blipcap.jobs.datasets import Datasets, DatasetError
 from blipcap.jobs.local import BulkJob
 from blipcap.jobs.writeback import write_back
@@ -158,8 +159,8 @@ def test_a_rerun_of_a_finished_5000_sample_job_reads_no_image_bytes(cap, tmp_pat
     table = write_img2dataset_parquet(tmp_path / "part.parquet", [files[i % 12] for i in range(600)],
                                       row_group_size=100)
     inputs = [str(s) for s in shards] + [str(table)]
-    counter = CountingOpen(dsmod.open_input)
-    monkeypatch.setattr(dsmod, "open_input", counter)
+    counter = CountingOpen(sources.open_input)
+    monkeypatch.setattr(sources, "open_input", counter)
     first = Datasets(inputs)
     listing = counter.bytes  # tar headers and the table's footer and key column
     summary = BulkJob(first.paths, [JsonlSink(tmp_path / "out.jsonl")], batch_size=8, source=first).run(cap)

@@ -22,7 +22,8 @@ import tarfile
 from pathlib import Path
 
 from ..outputs.atomic import replacing
-from .datasets import Datasets, DatasetError, TableSource, TarShard, open_input
+from .datasets import Datasets
+from .sources import DatasetError, TableSource, TarShard, open_input
 
 CAPTION_COLUMN = "caption"
 
