@@ -4,6 +4,7 @@ and read for the keys asked for only. datasets.py puts them together for a job."
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import posixpath
@@ -129,12 +130,13 @@ class TableSource(Source):
         if self._parquet is not None:
             md = self._parquet.metadata
             return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
-        return [len(b) for b in self._table.to_batches()]
+        self._batches = self._table.to_batches()
+        return [len(b) for b in self._batches]
 
     def _column(self, name: str, group: int):
         if self._parquet is not None:
             return self._parquet.read_row_group(group, columns=[name]).column(0)
-        return self._table.to_batches()[group].column(name)
+        return self._batches[group].column(name)
 
     def keys(self) -> list[str]:
         sizes = self._groups()
@@ -161,7 +163,7 @@ class TableSource(Source):
         cached_group, values = -1, []
         for key in keys:
             row = self._row[key]
-            group = next(g for g in range(len(self._starts) - 1) if self._starts[g + 1] > row)
+            group = bisect.bisect_right(self._starts, row) - 1
             if group != cached_group:  # the image column of a row group holding wanted rows, once
                 cached_group, values = group, self._column(self.image_column, group).to_pylist()
             yield self._image(values[row - self._starts[group]])
