@@ -108,7 +108,9 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
         excluded.append(args.errors)
     if not args.inputs and args.files_from is None:
         raise ValueError("nothing to caption: give images, folders, glob patterns or --files-from LIST")
-    paths = find_images(args.inputs, recursive=not args.no_recursive, files_from=args.files_from, exclude=excluded)
+    source = _datasets(args, sinks)
+    paths = source.paths if source else find_images(args.inputs, recursive=not args.no_recursive,
+                                                    files_from=args.files_from, exclude=excluded)
     printing = any(isinstance(s, PrintSink) for s in sinks)
     quiet = args.quiet or (printing and sys.stdout.isatty())  # a bar would garble the captions
     progress = Progress(len(paths), mode="off" if quiet else "auto")
@@ -117,14 +119,50 @@ def _run_job(args: argparse.Namespace, sinks: list, excluded: list) -> int:
     job = BulkJob(paths, sinks, options=base, overrides=over, batch_size=8 if auto else args.batch_size,
                   workers=args.workers, alt_text_max=args.alt_text_max if args.alt_text else None,
                   reporter=Reporter(args.errors, progress), progress=progress, stop=stop, prefix=args.prefix,
-                  suffix=args.suffix)
+                  suffix=args.suffix, source=source)
     job.prepare()  # an output that cannot be written fails before the model loads
     cap = _load_captioner(args)
     if auto:
         job.batch_size = cap.auto_batch_size(base, over)
     with stop.installed():
         summary = job.run(cap)
+    if getattr(args, "write_back", None) and not summary.signal:
+        from .jobs.writeback import write_back
+
+        captions = {r.path: r.caption for r in sinks[0].known()}  # this run's and earlier runs' captions
+        for path in write_back(source, captions, args.write_back):
+            if not args.quiet:
+                print(f"blipcap: wrote {path}", file=sys.stderr)
     return _summarise(args, summary)
+
+
+def _datasets(args: argparse.Namespace, sinks: list):
+    """The dataset inputs (WebDataset shards, Parquet/Arrow tables, saved HF datasets), or None for files."""
+    from .jobs.datasets import Datasets, is_dataset
+    from .outputs.sinks import PrintSink
+    from .outputs.tables import CsvSink, JsonlSink, ParquetSink
+
+    found = [is_dataset(i) for i in args.inputs]
+    write_back = getattr(args, "write_back", None)
+    if not any(found):
+        if write_back or args.image_column or args.key_column:
+            raise ValueError("--write-back, --image-column and --key-column are for dataset inputs (.tar shards, "
+                             ".parquet/.arrow tables, a folder made by save_to_disk)")
+        return None
+    if not all(found) or args.files_from is not None:
+        raise ValueError("give dataset inputs (.tar shards, .parquet/.arrow tables, save_to_disk folders) or "
+                         "images and folders, not both")
+    if any(not isinstance(s, (PrintSink, CsvSink, JsonlSink, ParquetSink)) for s in sinks):
+        raise ValueError("dataset samples are not files: write them with --output (and --json or --write-back); "
+                         "--sidecar, --xmp, --index and --metadata-jsonl need image files")
+    if write_back and not isinstance(sinks[0], (CsvSink, JsonlSink, ParquetSink)):
+        raise ValueError("--write-back needs --output FILE: the table a re-run resumes from")
+    source = Datasets(args.inputs, image_column=args.image_column, key_column=args.key_column)
+    if write_back:
+        from .jobs.writeback import check_destinations
+
+        check_destinations(source, write_back)
+    return source
 
 
 def _summarise(args: argparse.Namespace, summary) -> int:
@@ -167,8 +205,18 @@ def _run_ray(args: argparse.Namespace) -> int:
     pool = PoolSpec(args.workers, args.cpus_per_worker or 1.0, args.gpus_per_worker or 0.0, args.batch_size)
     job = RayJob(args.inputs, args.output, model, pool, options=base, overrides=over,
                  alt_text_max=args.alt_text_max if args.alt_text else None, files_from=args.files_from,
-                 recursive=not args.no_recursive, reporter=Reporter(args.errors), quiet=args.quiet)
-    return _summarise(args, job.run(address=args.ray_address))
+                 recursive=not args.no_recursive, reporter=Reporter(args.errors), quiet=args.quiet,
+                 image_column=args.image_column, key_column=args.key_column)
+    summary = job.run(address=args.ray_address)
+    if args.write_back:
+        from .jobs.writeback import write_back
+
+        if job.dataset is None:
+            raise ValueError("--write-back is for dataset inputs (.tar shards, .parquet/.arrow tables, save_to_disk)")
+        for path in write_back(job.dataset, job.captions(), args.write_back):
+            if not args.quiet:
+                print(f"blipcap: wrote {path}", file=sys.stderr)
+    return _summarise(args, summary)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -330,6 +378,10 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files-from", metavar="LIST", help="also caption the paths in LIST, one per line (- for stdin)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into subfolders")
     p.add_argument("--allow-urls", action="store_true", help="fetch http(s) URLs given as inputs")
+    p.add_argument("--image-column", metavar="COL", help="dataset tables: the column of image bytes or Image "
+                                                         "structs (default: detected, and stated)")
+    p.add_argument("--key-column", metavar="COL", help="dataset tables: the column naming each row (default: "
+                                                       "key, __key__ or id if present, else the row number)")
 
 
 def _add_option_args(p: argparse.ArgumentParser) -> None:
@@ -479,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--metadata-jsonl", metavar="DIR",
                      help="DIR/metadata.jsonl (file_name, text) for a Hugging Face ImageFolder dataset")
     out.add_argument("--json", action="store_true", help="print one JSON object per line on stdout")
+    out.add_argument("--write-back", metavar="DIR", help="dataset inputs: a copy of each in DIR with the "
+                                                         "captions (.txt members, a caption column); needs --output")
     _add_ray_args(p)
     p.set_defaults(func=cmd_caption)
 

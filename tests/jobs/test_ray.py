@@ -28,6 +28,12 @@ from blipcap.jobs.ray_job import ModelSpec, PoolSpec, RayJob, RayJobError
 from blipcap.jobs.ray_worker import CaptionWorker, require_ray  # noqa: E402
 from blipcap.outputs.records import COLUMNS  # noqa: E402
 from tests.helpers.folders import run_cli, write_broken, write_shapes  # noqa: E402
+from tests.helpers.datasets import (CORRUPT, img2dataset_samples, shape_files,  # noqa: E402
+                                    write_img2dataset_parquet, write_tar)
+from blipcap import Captioner  # noqa: E402
+from blipcap.jobs.datasets import Datasets  # noqa: E402
+from blipcap.jobs.local import BulkJob  # noqa: E402
+from blipcap.outputs.tables import ParquetSink  # noqa: E402
 from tests.helpers.shapes import caption_for, make_image  # noqa: E402
 
 
@@ -84,7 +90,7 @@ def test_cli_ray_job_writes_the_records_the_local_job_writes(cluster, tiny_fixtu
         assert (g["score"] is None) == (w["score"] is None)
         assert g["score"] is None or g["score"] == pytest.approx(w["score"], abs=1e-4)
     assert {row["path"]: (row["width"], row["height"]) for row in got}[str(folder / "rotated.jpg")] == (120, 90)
-    shards = sorted(p.name for p in (tmp_path / "shards").iterdir())
+    shards = sorted(p.name for p in (tmp_path / "shards").iterdir() if p.name != "_listing.parquet")
     assert shards and all(n.startswith("part-") and n.endswith(".parquet") for n in shards)  # no temp files left
     assert pq.read_schema(tmp_path / "shards" / shards[0]) == pq.read_schema(tmp_path / "local.parquet")
     log = dict(line.split("\t") for line in (tmp_path / "errors.log").read_text().splitlines())
@@ -113,6 +119,65 @@ def test_rerun_skips_unchanged_files_and_redoes_changed_new_and_failed_ones(clus
     assert [row["path"] for row in table] == sorted([*expected, str(folder / "broken.png")])  # one row each
     assert {row["path"]: row["caption"] for row in table if row["caption"]} == expected
     assert shards[0].exists()  # the first run's rows that still hold stay where they were
+
+
+def test_a_rerun_reads_only_the_files_whose_listing_changed(cluster, tiny_fixture, tmp_path, monkeypatch):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    expected = write_shapes(folder, 4, seed=33)
+    handed = []  # the bytes of the files handed to Ray to read, per run
+    real = ray.data.read_binary_files
+    monkeypatch.setattr(ray.data, "read_binary_files",
+                        lambda paths, **kw: handed.append(sum(os.path.getsize(p) for p in paths)) or real(paths, **kw))
+    assert job(tiny_fixture, [folder], out).run().captioned == 4
+    assert handed == [sum(os.path.getsize(p) for p in expected)] and (out / "_listing.parquet").is_file()
+
+    handed.clear()
+    again = job(tiny_fixture, [folder], out).run()
+    assert (again.captioned, again.skipped) == (0, 4) and handed == []  # not one byte read
+
+    touched = sorted(expected)[0]
+    os.utime(touched, ns=(1_600_000_000_000_000_000,) * 2)  # a new mtime, the same bytes
+    third = job(tiny_fixture, [folder], out).run()
+    assert (third.captioned, third.skipped) == (0, 4) and handed == [os.path.getsize(touched)]  # read, hashed: done
+
+    handed.clear()
+    (out / "_listing.parquet").unlink()  # no listing (shards of an older blipcap): every file is hashed
+    assert job(tiny_fixture, [folder], out).run().skipped == 4 and handed == [sum(os.path.getsize(p) for p in expected)]
+    handed.clear()
+    assert job(tiny_fixture, [folder], out).run().skipped == 4 and handed == []
+    assert {row["path"]: row["caption"] for row in rows(out)} == expected
+
+
+def test_dataset_inputs_caption_as_on_the_local_engine_and_resume_by_key(cluster, tiny_fixture, tmp_path, monkeypatch):
+    files = shape_files(tmp_path / "files", 5, seed=34)
+    shard = write_tar(tmp_path / "000000.tar", img2dataset_samples(files[:3]) + [
+        ("corrupt", {"jpg": CORRUPT}), ("textonly", {"txt": b"no image"})])
+    table = write_img2dataset_parquet(tmp_path / "part.parquet", files[3:], extra=[None], row_group_size=2)
+    inputs = [str(shard), str(table)]
+    source = Datasets(inputs)
+    BulkJob(source.paths, [ParquetSink(tmp_path / "local.parquet")], source=source).run(
+        Captioner.load(tiny_fixture, device="cpu", dtype="float32"))
+    out = tmp_path / "out"
+    summary = job(tiny_fixture, inputs, out).run()
+    assert (summary.captioned, summary.failed) == (5, 3)
+    got, want = rows(out), rows(tmp_path / "local.parquet")
+    assert [r["path"] for r in got] == [r["path"] for r in want] and len(got) == 8  # one row per sample
+    for g, w in zip(got, want):
+        assert {k: g[k] for k in COLUMNS if k != "score"} == {k: w[k] for k in COLUMNS if k != "score"}
+
+    read = []
+    real = ray.data.from_items
+    monkeypatch.setattr(ray.data, "from_items", lambda items, **kw: read.extend(items) or real(items, **kw))
+    again = job(tiny_fixture, inputs, out).run()
+    assert (again.captioned, again.skipped, again.failed) == (0, 5, 3)
+    assert sorted(p for item in read for p in item["paths"]) == sorted(r["path"] for r in got if r["error"])
+    assert len(rows(out)) == 8
+
+    r = run_cli("caption", "--engine", "ray", "--ray-address", cluster, "--workers", "1", "--cpus-per-worker", "0.5",
+                *inputs, "--model", str(tiny_fixture), "--output", str(out), "--write-back", str(tmp_path / "wb"))
+    assert r.returncode == 3, r.stderr
+    assert pq.read_table(tmp_path / "wb" / "part.parquet").column("caption").to_pylist() == [c for _, c in files[3:]] + [None]
+    assert (tmp_path / "wb" / "000000.tar").is_file()
 
 
 def test_a_worker_killed_mid_run_costs_only_its_batch(cluster, tiny_fixture, tmp_path):

@@ -19,6 +19,7 @@ signal stopped the job. A re-run with --existing skip then continues where it st
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -45,6 +46,7 @@ class _Item:
     height: int | None = None
     image: Decoded | None = None  # model-ready: caption() takes it as it is
     error: str | None = None  # "<ErrorKind>: <reason>"
+    data: bytes | None = None  # a dataset sample's bytes, read in input order (datasets.py)
 
 
 def _decode_with(decoder: Decoder):
@@ -53,8 +55,12 @@ def _decode_with(decoder: Decoder):
 
     def decode(item: _Item) -> _Item:
         path = item.path
+        if item.error is not None:  # a dataset sample without an image
+            return item
         try:
-            if is_http_url(path):
+            if item.data is not None:
+                data, item.data = item.data, None
+            elif is_http_url(path):
                 if decoder.fetcher is None:
                     raise UnreadableImageError(path, "URLs are fetched only with --allow-urls")
                 data = decoder.fetcher.fetch(path)
@@ -83,7 +89,7 @@ class BulkJob:
                  overrides: dict[str, Any] | None = None, batch_size: int = 8, workers: int | None = None,
                  alt_text_max: int | None = None, reporter: Reporter | None = None,
                  progress: Progress | None = None, stop: StopRequest | None = None, prefix: str = "",
-                 suffix: str = ""):
+                 suffix: str = "", source=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if workers is not None and workers < 1:
@@ -96,6 +102,7 @@ class BulkJob:
         self.progress = progress or Progress(len(self.paths), mode="off")
         self.reporter = reporter or Reporter(progress=self.progress)
         self.stop = stop
+        self.source = source  # datasets.Datasets whose sample paths ``paths`` are: it reads their bytes
         self._prepared = False
 
     def prepare(self) -> None:
@@ -160,6 +167,22 @@ class BulkJob:
                     self.cache[r.sha256] = (r.caption, r.score, r.truncated)
 
     def _plan(self) -> Iterator[_Item]:
+        if self.source is None:
+            yield from self._planned()
+            return
+        pending: collections.deque[_Item] = collections.deque()
+
+        def wanted() -> Iterator[str]:
+            for item in self._planned():
+                pending.append(item)
+                yield item.path
+
+        for _, data, error in self.source.read(wanted()):  # the bytes of the samples still wanted only
+            item = pending.popleft()
+            item.data, item.error = data, error
+            yield item
+
+    def _planned(self) -> Iterator[_Item]:
         for seq, path in enumerate(self.paths):
             if self._stopping():
                 return  # a long run of skipped files must not outlast a stop request

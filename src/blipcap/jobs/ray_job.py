@@ -1,8 +1,11 @@
 """The Ray Data job: the folder job's captions, on a Ray cluster (``blipcap caption --engine ray``).
 
     inputs -> plan (driver): local folders, files and lists through discover.py; URIs (s3://, gs://,
-              file://, ...) listed with pyarrow.fs; the output folder's earlier rows, last one per path
-      -> ray.data.read_binary_files(include_paths=True): each file's bytes, read by Ray tasks
+              file://, ...) listed with pyarrow.fs, each with its size and mtime; the output folder's
+              earlier rows, last one per path, and its listing (``_listing.parquet``: path, size,
+              mtime of each file captioned): a file captioned before whose size and mtime are
+              unchanged is not read at all
+      -> ray.data.read_binary_files(include_paths=True): the other files' bytes, read by Ray tasks
       -> map_batches(CaptionWorker, ActorPoolStrategy): each actor loads the model once; per batch it
          hashes the bytes, drops files the output already holds captioned with the same sha256,
          decodes the rest as the folder job does (images.Decoder: EXIF, draft JPEGs, the
@@ -11,6 +14,11 @@
          columns of the local ``--output x.parquet`` (sinks.COLUMNS)
       -> driver: an error row for each file Ray found missing; earlier rows that this run's rows
          supersede are compacted away, so the folder holds one row per image; the summary
+
+Hashing is the fallback: a file with a row but no listing entry (shards of an earlier blipcap, a
+job killed before it wrote the listing, a filesystem that gives no mtime) or a changed size/mtime
+is read and hashed, and skipped if its sha256 is the one recorded. pyarrow.fs gives no ETag or
+object version, so size and mtime are what is compared.
 
 Shard names start ``part-<UTC time>-<run id>-``, so "the last row per path" is the last in name
 order. A killed job leaves whole shards only: a re-run skips what they hold. A worker lost mid-run
@@ -39,11 +47,16 @@ from ..outputs.records import Record, records_table
 from ..outputs.shards import ShardFolder, ShardRow
 from .common import Reporter, failure_text
 from .progress import Summary
-from .ray_plan import Inputs, plan_inputs
-from .ray_worker import CaptionWorker, WorkerSpec, done_key, require_ray, shard_sink
+from .ray_plan import Inputs, plan_inputs, read_listing, write_listing
+from .datasets import Datasets, is_dataset
+from .ray_worker import CaptionWorker, WorkerSpec, dataset_rows, done_key, require_ray, shard_sink
 
 
 IO_CPUS = 0.25  # what each read and write task reserves: the actors never take the last of the CPUs
+
+
+def print_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class RayJobError(RuntimeError):
@@ -82,7 +95,7 @@ class RayJob:
                  pool: PoolSpec | None = None, *, options: CaptionOptions | None = None,
                  overrides: dict[str, Any] | None = None, alt_text_max: int | None = None,
                  files_from: str | None = None, recursive: bool = True, reporter: Reporter | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, image_column: str | None = None, key_column: str | None = None):
         """model: what every actor loads (device auto: CUDA when Ray gave the actor a GPU; threads
         default: the actor's CPUs). options (None: the checkpoint's defaults) and overrides (CaptionOptions
         fields, as caption() takes them) say how it captions; alt_text_max rewrites captions as alt text."""
@@ -94,25 +107,51 @@ class RayJob:
         self.files_from, self.recursive = files_from, recursive
         self.reporter = reporter or Reporter()
         self.quiet = quiet
+        self.image_column, self.key_column = image_column, key_column  # dataset tables (datasets.py)
+        self.dataset: Datasets | None = None  # the dataset inputs, once planned
 
     def run(self, address: str | None = None) -> Summary:
         """Plan (usage and output errors come before Ray starts), caption, then settle the folder."""
         ray = require_ray()
         start = time.monotonic()
-        plan = plan_inputs(self.inputs, files_from=self.files_from, recursive=self.recursive)
+        plan = self._plan()
         folder = ShardFolder(self.output)
         folder.clean()
         before = folder.scan()
         done = {p: before[p].sha256 for p in plan.paths
                 if p in before and before[p].error is None and before[p].sha256}
+        listing = read_listing(folder)
+        unchanged = {p for p in done if p in plan.stats and listing.get(p) == plan.stats[p]}
         run = f"part-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}-"
-        to_read = plan.to_read()
-        if to_read:  # even when every path is done: only its bytes tell whether the file changed
-            self._caption(ray, address, plan, to_read, done, folder, run)
+        to_read = plan.to_read(skip=unchanged)  # a done file without a listing match is read and hashed
+        hashed = done
+        if self.dataset is not None:  # a sample is named by shard + key: done by path, never read
+            to_read, hashed = [p for p in plan.paths if p not in done], {}
+        if to_read:
+            self._caption(ray, address, plan, to_read, hashed, folder, run)
         summary = self._settle(plan, folder, run, before, done)
+        self._list(plan, folder, listing, before)
         summary.seconds = time.monotonic() - start
         self.reporter.close()
         return summary
+
+    def _plan(self) -> Inputs:
+        if not (self.inputs and self.files_from is None and all(is_dataset(i) for i in self.inputs)):
+            return plan_inputs(self.inputs, files_from=self.files_from, recursive=self.recursive)
+        self.dataset = Datasets(self.inputs, image_column=self.image_column, key_column=self.key_column,
+                                note=(lambda line: None) if self.quiet else print_stderr)
+        return Inputs(list(self.dataset.paths))
+
+    def captions(self) -> dict[str, str]:
+        """path -> caption of every row of the output folder that holds one (for --write-back)."""
+        import pyarrow.parquet as pq
+
+        folder, out = ShardFolder(self.output), {}
+        for name in folder.shards():
+            table = pq.read_table(folder.path(name), filesystem=folder.fs, columns=["path", "caption", "error"])
+            out.update((p, c) for p, c, e in zip(*(table.column(n).to_pylist() for n in ("path", "caption", "error")))
+                       if e is None and c is not None)
+        return out
 
     def _caption(self, ray, address, plan: Inputs, to_read: list[str], done: dict[str, str],
                  folder: ShardFolder, run: str) -> None:
@@ -134,8 +173,11 @@ class RayJob:
             # one block per batch: an actor task is one batch, so every worker gets work and a lost
             # worker costs one batch (Ray sizes blocks by bytes: a small job would be one block)
             blocks = math.ceil(len(to_read) / self.pool.batch_size)
-            ds = ray.data.read_binary_files(to_read, include_paths=True, filesystem=plan.filesystem,
-                                            ignore_missing_paths=True, num_cpus=IO_CPUS, override_num_blocks=blocks)
+            if self.dataset is not None:
+                ds = dataset_rows(ray, self.dataset, to_read, self.image_column, self.key_column, IO_CPUS)
+            else:
+                ds = ray.data.read_binary_files(to_read, include_paths=True, filesystem=plan.filesystem,
+                                                ignore_missing_paths=True, num_cpus=IO_CPUS, override_num_blocks=blocks)
             ds = ds.map_batches(self.worker, fn_constructor_args=(spec, keys),
                                 batch_size=self.pool.batch_size, batch_format="pyarrow",
                                 compute=ray.data.ActorPoolStrategy(size=workers),
@@ -167,6 +209,15 @@ class RayJob:
             print(f"blipcap: {why}; the job waits until the cluster grows", file=sys.stderr)
         return pool.workers
 
+    def _list(self, plan: Inputs, folder: ShardFolder, listing: dict, before: dict[str, ShardRow]) -> None:
+        """Record the listing of every file whose last row is a caption: what a re-run compares. The
+        listing was taken before the bytes were read, so a file changed meanwhile is read again."""
+        last = {p: row.error for p, row in before.items()} | self._outcomes
+        stats = {p: st for p, st in listing.items() if p not in plan.stats}  # the folder's other inputs
+        stats.update({p: plan.stats[p] for p in plan.paths if p in plan.stats and p in last and last[p] is None})
+        if stats != listing:
+            write_listing(folder, stats)
+
     def _settle(self, plan: Inputs, folder: ShardFolder, run: str, before: dict[str, ShardRow],
                 done: dict[str, str]) -> Summary:
         """Rows for the files Ray could not read; superseded rows dropped; the counts and failures."""
@@ -193,6 +244,7 @@ class RayJob:
 
         summary = Summary(total=len(plan.paths))
         new.update(lost)
+        self._outcomes = new  # path -> error (None: captioned) of this run's rows
         for path in plan.paths:
             error = new.get(path, ...)
             if error is ...:

@@ -3,10 +3,11 @@ and the Datasink that writes each write task's rows as one shard."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from ..outputs.records import Record, records_table
 from ..outputs.shards import ShardFolder, write_shard
 from ..spec import ModelSpec
 from .common import failure_text, final_text, resolve_options, result_error
+from .datasets import Datasets
 
 
 def require_ray():
@@ -46,6 +48,24 @@ def shard_sink(folder: ShardFolder, prefix: str):
                 write_shard(fs, root, f"{prefix}{ctx.task_idx:06d}.parquet", pa.concat_tables(tables))
 
     return ShardSink()
+
+
+def dataset_rows(ray, dataset: Datasets, paths: list[str], image_column: str | None, key_column: str | None,
+                 num_cpus: float):
+    """A Ray Dataset of {path, bytes, error} rows for these sample paths: one read task per shard or
+    table, which lists it again where it runs and reads the image bytes of these samples only."""
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        groups.setdefault(dataset.label_of(path), []).append(path)
+    items = [{"input": label, "paths": wanted} for label, wanted in groups.items()]
+    read = functools.partial(read_samples, image_column=image_column, key_column=key_column)
+    return ray.data.from_items(items, override_num_blocks=len(items)).flat_map(read, num_cpus=num_cpus)
+
+
+def read_samples(item: dict, image_column: str | None, key_column: str | None) -> Iterator[dict]:
+    source = Datasets([item["input"]], image_column=image_column, key_column=key_column, note=lambda line: None)
+    for path, data, error in source.read(item["paths"]):
+        yield {"path": path, "bytes": data or b"", "error": error}
 
 
 def done_key(path: str, sha256: str) -> bytes:
@@ -83,12 +103,18 @@ class CaptionWorker:
         self.pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="blipcap-decode")
 
     def __call__(self, batch):
-        """A pyarrow batch of (bytes, path) -> a table of Records for the files not done yet."""
+        """A pyarrow batch of (bytes, path[, error]) -> a table of Records for the files not done yet;
+        ``error``: a dataset sample without an image (dataset_rows)."""
         paths = [self.spec.prefix + p for p in batch.column("path").to_pylist()]
         blobs = batch.column("bytes").to_pylist()
+        errors = batch.column("error").to_pylist() if "error" in batch.schema.names else [None] * len(paths)
         shas = list(self.pool.map(lambda b: hashlib.sha256(b).hexdigest(), blobs))  # hashlib frees the GIL
+        shas = [None if error else sha for sha, error in zip(shas, errors)]
         todo = [i for i, hit in enumerate(self._done(paths, shas)) if not hit]
-        decoded = dict(zip(todo, self.pool.map(self._decode, [blobs[i] for i in todo], [shas[i] for i in todo])))
+        readable = [i for i in todo if not errors[i]]
+        decoded = {i: errors[i] for i in todo if errors[i]}
+        decoded.update(zip(readable, self.pool.map(self._decode, [blobs[i] for i in readable],
+                                                   [shas[i] for i in readable])))
         ready = [i for i in todo if not isinstance(decoded[i], str)]
         results = self.cap.caption([decoded[i] for i in ready], self.options, errors="return",
                                    batch_size=max(1, len(ready))) if ready else []
