@@ -10,7 +10,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blipcap.cli import _options, build_parser
+from blipcap.cli import build_parser, caption_options
 from blipcap.options import CaptionOptions
 
 FLAGS = ["--beams", "--max-new-tokens", "--min-new-tokens", "--repetition-penalty", "--temperature", "--top-p",
@@ -31,7 +31,7 @@ def test_any_option_flags_give_checked_options_or_a_usage_error(pairs, sample):
         assert e.code == 2
         return
     try:
-        base, overrides = _options(args)
+        base, overrides = caption_options(args)
         options = (base or CaptionOptions()).replace(**overrides)
     except ValueError:  # main() prints it as one line and exits 2
         return

@@ -24,7 +24,8 @@ from blipcap.images import Decoder, load_image
 from blipcap.outputs.index import Index, IndexSink
 from blipcap.outputs.records import SinkError
 from blipcap.outputs.sinks import SidecarSink, XmpSink
-from blipcap.outputs.tables import CsvSink, JsonlSink, MetadataSink, ParquetSink, open_output
+from blipcap.outputs.parquet import ParquetSink
+from blipcap.outputs.tables import CsvSink, JsonlSink, MetadataSink, open_output
 from blipcap.outputs.xmp import NS
 from tests.helpers.folders import jpeg_bytes, write_broken, write_shapes
 from tests.helpers.shapes import caption_for, make_image

@@ -33,7 +33,7 @@ from tests.helpers.datasets import (CORRUPT, img2dataset_samples, shape_files,  
 from blipcap import Captioner  # noqa: E402
 from blipcap.jobs.datasets import Datasets  # noqa: E402
 from blipcap.jobs.local import BulkJob  # noqa: E402
-from blipcap.outputs.tables import ParquetSink  # noqa: E402
+from blipcap.outputs.parquet import ParquetSink  # noqa: E402
 from tests.helpers.shapes import caption_for, make_image  # noqa: E402
 
 

@@ -15,7 +15,8 @@ from blipcap.jobs.local import BulkJob
 from blipcap.options import CaptionOptions
 from blipcap.outputs.records import COLUMNS, LEGACY_COLUMNS, Record
 from blipcap.outputs.sinks import SidecarSink
-from blipcap.outputs.tables import CsvSink, JsonlSink, ParquetSink
+from blipcap.outputs.parquet import ParquetSink
+from blipcap.outputs.tables import CsvSink, JsonlSink
 from tests.helpers.folders import run_cli, write_shapes
 
 pa = pytest.importorskip("pyarrow", reason="pyarrow is in the test extra")

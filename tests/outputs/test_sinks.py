@@ -16,7 +16,8 @@ from blipcap.jobs.progress import Progress, Summary
 from blipcap.outputs.atomic import atomic_write
 from blipcap.outputs.records import Record, SinkError
 from blipcap.outputs.sinks import SidecarSink, XmpSink
-from blipcap.outputs.tables import CsvSink, JsonlSink, MetadataSink, ParquetSink
+from blipcap.outputs.parquet import ParquetSink
+from blipcap.outputs.tables import CsvSink, JsonlSink, MetadataSink
 from blipcap.outputs.xmp import NS, XmpError, merge_caption, read_description
 
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is in the test extra")

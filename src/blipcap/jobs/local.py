@@ -36,7 +36,7 @@ from .common import Reporter, StopRequest, decode_ahead, failure_text, final_tex
 from .progress import Progress, Summary
 
 @dataclass
-class _Item:
+class Pending:
     path: str
     targets: list[Sink]  # the sinks that still want this image
     seq: int = 0  # its place in the input order
@@ -50,10 +50,10 @@ class _Item:
 
 
 def _decode_with(decoder: Decoder):
-    """The worker function: an _Item -> the same item with its sha256, stored size and model-ready
+    """The worker function: an Pending -> the same item with its sha256, stored size and model-ready
     image, or its error."""
 
-    def decode(item: _Item) -> _Item:
+    def decode(item: Pending) -> Pending:
         path = item.path
         if item.error is not None:  # a dataset sample without an image
             return item
@@ -122,7 +122,7 @@ class BulkJob:
         self.cache: dict[str, tuple[str, float | None, bool | None]] = {}  # sha256 -> caption, score, truncated
         if all(s.existing == "skip" for s in self.active):  # overwrite/append ask for fresh captions
             self._seed_cache()
-        self._ready: list[tuple[_Item, Record, str]] = []
+        self._ready: list[tuple[Pending, Record, str]] = []
         fetcher = UrlFetcher(max_bytes=DEFAULT_MAX_BYTES, timeout_s=DEFAULT_TIMEOUT_S) if captioner.allow_urls else None
         decode = _decode_with(Decoder.of(captioner.preprocessor, captioner.max_pixels, fetcher))
         depth = max(2 * self.batch_size, 2 * self.workers)
@@ -166,11 +166,11 @@ class BulkJob:
                         and r.revision == self.cap.revision and r.sha256 and r.caption is not None):
                     self.cache[r.sha256] = (r.caption, r.score, r.truncated)
 
-    def _plan(self) -> Iterator[_Item]:
+    def _plan(self) -> Iterator[Pending]:
         if self.source is None:
             yield from self._planned()
             return
-        pending: collections.deque[_Item] = collections.deque()
+        pending: collections.deque[Pending] = collections.deque()
 
         def wanted() -> Iterator[str]:
             for item in self._planned():
@@ -182,11 +182,11 @@ class BulkJob:
             item.data, item.error = data, error
             yield item
 
-    def _planned(self) -> Iterator[_Item]:
+    def _planned(self) -> Iterator[Pending]:
         for seq, path in enumerate(self.paths):
             if self._stopping():
                 return  # a long run of skipped files must not outlast a stop request
-            item = _Item(path, [], seq=seq)
+            item = Pending(path, [], seq=seq)
             for sink in self.active:
                 reason = sink.clash(path)
                 if reason:
@@ -202,9 +202,9 @@ class BulkJob:
                 continue
             yield item
 
-    def _loop(self, decoded: Iterator[_Item]) -> None:
-        batch: list[_Item] = []
-        waiting: dict[str, list[_Item]] = {}  # sha256 in the batch -> its duplicates
+    def _loop(self, decoded: Iterator[Pending]) -> None:
+        batch: list[Pending] = []
+        waiting: dict[str, list[Pending]] = {}  # sha256 in the batch -> its duplicates
         for item in decoded:
             if self._stopping():
                 return  # the batch not yet started is dropped; a re-run does it
@@ -228,7 +228,7 @@ class BulkJob:
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.signum is not None
 
-    def _caption(self, batch: list[_Item], waiting: dict[str, list[_Item]]) -> None:
+    def _caption(self, batch: list[Pending], waiting: dict[str, list[Pending]]) -> None:
         images = [item.image for item in batch]
         with self.stop.model_running() if self.stop else contextlib.nullcontext():
             results = self.cap.caption(images, self.opts, errors="return", batch_size=len(images))
@@ -247,7 +247,7 @@ class BulkJob:
                 self._emit(twin, text, result.score, result.truncated, "reused")
         self._flush()
 
-    def _emit(self, item: _Item, caption: str | None, score: float | None, truncated: bool | None, outcome: str,
+    def _emit(self, item: Pending, caption: str | None, score: float | None, truncated: bool | None, outcome: str,
               alternatives: list | None = None) -> None:
         item.image = None
         record = Record(item.path, caption, score, item.sha256, item.width, item.height, self.cap.model_id,
@@ -279,7 +279,7 @@ class BulkJob:
                 self.summary.reused += 1
         self.progress.update(self.summary)
 
-    def _report(self, item: _Item, error: str | None, reasons: Sequence[str] = ()) -> None:
+    def _report(self, item: Pending, error: str | None, reasons: Sequence[str] = ()) -> None:
         self.summary.failed += 1
         for reason in ([error] if error else []) + list(reasons or item.failures):
             self.reporter.failure(item.path, reason)
