@@ -11,7 +11,11 @@ same ids `max_new_tokens` limits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from fastapi import Request
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from ..captioner import Caption
 from ..options import CaptionOptions
@@ -104,3 +108,24 @@ async def answer(service: Any, uploads: list[Upload], options: CaptionOptions) -
 
 def completion_tokens(caption: Caption) -> int:
     return len(caption.token_ids) + (0 if caption.truncated else 1)  # the closing [SEP]
+
+
+def route_class(error_response: Callable[[ApiError], Response], protocol: str) -> type[APIRoute]:
+    """An APIRoute whose refusals (the API key check included) are answered by ``error_response``, in
+    the protocol's own error shape, and counted in /metrics like every other refusal."""
+
+    class ProtocolRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def route(request: Request):
+                try:
+                    return await handler(request)
+                except ApiError as e:
+                    request.app.state.service.metrics.errors.labels(kind=e.kind).inc()
+                    return error_response(e)
+
+            return route
+
+    ProtocolRoute.__name__ = ProtocolRoute.__qualname__ = f"{protocol}Route"
+    return ProtocolRoute

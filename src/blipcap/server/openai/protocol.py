@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
+from ..compat import route_class
 from ..inputs import ApiError
 
 # --- requests ----------------------------------------------------------------------------------------
@@ -174,17 +173,4 @@ def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=e.status, headers=e.headers)
 
 
-class OpenAIRoute(APIRoute):
-    """Answers every refusal of its routes (the API key check included) in OpenAI's error shape."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def route(request: Request):
-            try:
-                return await handler(request)
-            except ApiError as e:
-                request.app.state.service.metrics.errors.labels(kind=e.kind).inc()
-                return error_response(e)
-
-        return route
+OpenAIRoute = route_class(error_response, "OpenAI")  # refusals in OpenAI's error shape
