@@ -268,8 +268,10 @@ class Captioner:
 
 def _check_batch_size(batch_size: Any) -> None:
     # 0 or -1 used to slice the list into nothing: images silently dropped (issue 13)
+    if batch_size == "auto":
+        return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
 
 
 def pipeline(model: str | os.PathLike = DEFAULT_MODEL, task: str = "image-to-text", **load_kwargs: Any):
