@@ -303,3 +303,11 @@ def pad_prompt_rows(prompts: Sequence[list[int]], group: int, pad_id: int) -> tu
         ids[i, width - len(row) :] = row
         valid[i, width - len(row) :] = True
     return np.repeat(ids, group, axis=0), np.repeat(valid, group, axis=0)
+
+
+def prompt_positions(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For left-padded prompt rows (``valid``: (rows, P) bool): each slot's position id (padding
+    clamped to 0) and the position of the first new token, per row. The numpy backends' prefill."""
+    n_pad = (~valid).sum(axis=1)
+    positions = np.maximum(np.arange(valid.shape[1])[None, :] - n_pad[:, None], 0)
+    return positions.astype(np.int64), (valid.shape[1] - n_pad).astype(np.int64)

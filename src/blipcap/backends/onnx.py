@@ -18,6 +18,7 @@ import numpy as np
 
 from ..arrays import NumpyOps
 from ..checkpoint import CheckpointError, ModelDims
+from ..decoding import prompt_positions
 
 MANIFEST = "manifest.json"
 # The graphs' interface: 2 = per-layer past and image inputs, cache keys held transposed. The image
@@ -77,11 +78,9 @@ class OnnxSession:
         self.keys = np.zeros((t.layers, rows, t.heads, hd, length), dtype=backend.cache_dtype)
         self.values = np.zeros((t.layers, rows, t.heads, length, hd), dtype=backend.cache_dtype)
         self.filled = np.zeros((rows, length), dtype=bool)
-        n_pad = (~valid).sum(axis=1)
-        positions = np.maximum(np.arange(p)[None, :] - n_pad[:, None], 0)
+        positions, self.next_pos = prompt_positions(valid)
         self.start = 0
-        self.first_logits = self._run(prompts.astype(np.int64), positions.astype(np.int64), valid)
-        self.next_pos = (p - n_pad).astype(np.int64)
+        self.first_logits = self._run(prompts.astype(np.int64), positions, valid)
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, new_valid: np.ndarray) -> np.ndarray:
         feed = {"tokens": tokens, "positions": positions, "new_valid": new_valid, "past_valid": self.filled}

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..arrays import NumpyOps
 from ..checkpoint import ModelDims
+from ..decoding import prompt_positions
 
 
 def tensorflow():
@@ -45,11 +46,9 @@ class TFSession:
         self.keys = tf.Variable(tf.zeros(shape), trainable=False)  # written in place, slot by slot
         self.values = tf.Variable(tf.zeros(shape), trainable=False)
         self.filled = np.zeros((rows, length), dtype=bool)
-        n_pad = (~valid).sum(axis=1)
-        positions = np.maximum(np.arange(p)[None, :] - n_pad[:, None], 0)
+        positions, self.next_pos = prompt_positions(valid)
         self.start = 0
-        self.first_logits = self._run(prompts.astype(np.int64), positions.astype(np.int64), valid)
-        self.next_pos = (p - n_pad).astype(np.int64)
+        self.first_logits = self._run(prompts.astype(np.int64), positions, valid)
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, new_valid: np.ndarray) -> np.ndarray:
         logits, new_k, new_v = self.backend.model.decode(tokens, positions, new_valid, self.filled, self.keys,
