@@ -13,7 +13,7 @@ export BLIPCAP_REQUIRE_RAY=1  # the Ray job's tests fail, rather than skip, with
 export BLIPCAP_REQUIRE_EXIFTOOL=1  # so do --embed's, without exiftool (.ci/run installs it)
 # the layer contracts of shared/DESIGN.md ([tool.importlinter] in pyproject.toml)
 .venv/bin/lint-imports
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q -rs "$@"  # -rs: every skip and its reason in the output
 # TensorFlow in an environment of its own (tensorflow-cpu beside the CPU torch the parity tests
 # compare with), after the main suite and only for the whole suite (no arguments);
 # BLIPCAP_REQUIRE_TF makes a missing TensorFlow fail these tests instead of skipping them.

@@ -437,7 +437,9 @@ def test_a_batch_failure_fails_only_its_culprit(cap):
             assert ok.status_code == 200 and ok.json()[0]["generated_text"] == caption_for(*RED)
             assert bad.status_code == 500
             # the shared batch failed, then each image ran alone
-            assert sorted(str(p) for _, _, p in gated.calls[-3:]) == ["['boom']", "[None, 'boom']", "[None]"]
+            # (which image comes first in the shared batch is up to the decode threads)
+            calls = sorted(str(sorted(p, key=str)) for _, _, p in gated.calls[-3:])
+            assert calls == ["['boom']", "[None, 'boom']", "[None]"]
     run(scenario())
 
 
