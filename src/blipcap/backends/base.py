@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..checkpoint import ModelDims
-from ..decoding import Session
+from ..decoding import Session, prompt_positions
 
 
 @runtime_checkable
@@ -30,3 +30,24 @@ class Backend(Protocol):
     def info(self) -> dict[str, Any]:
         """What ``blipcap bench`` reports about it: backend, device, dtype, ..."""
         ...
+
+
+class NumpySession:
+    """The prefill and the step of a session whose graph takes numpy token ids and positions and
+    keeps its own caches (ONNX Runtime, TensorFlow): a subclass supplies ``_run(tokens, positions,
+    new_valid) -> logits`` and ``reorder``, and calls ``_prefill`` once from its constructor."""
+
+    def _run(self, tokens: np.ndarray, positions: np.ndarray, new_valid: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _prefill(self, prompts: np.ndarray, valid: np.ndarray) -> None:
+        positions, self.next_pos = prompt_positions(valid)
+        self.start = 0  # cache slots filled so far
+        self.first_logits = self._run(prompts.astype(np.int64), positions, valid)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        rows = tokens.shape[0]
+        logits = self._run(tokens.reshape(rows, 1).astype(np.int64), self.next_pos[:, None],
+                           np.ones((rows, 1), dtype=bool))
+        self.next_pos = self.next_pos + 1
+        return logits

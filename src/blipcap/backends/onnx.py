@@ -18,7 +18,7 @@ import numpy as np
 
 from ..arrays import NumpyOps
 from ..checkpoint import CheckpointError, ModelDims
-from ..decoding import prompt_positions
+from .base import NumpySession
 
 MANIFEST = "manifest.json"
 # The graphs' interface: 2 = per-layer past and image inputs, cache keys held transposed. The image
@@ -63,7 +63,7 @@ def physical_cores() -> int:
         return max(1, usable)
 
 
-class OnnxSession:
+class OnnxSession(NumpySession):
     """One batch of images being decoded by the decoder graph."""
 
     def __init__(self, backend: "OnnxBackend", memory: dict[str, np.ndarray], group: int, prompts: np.ndarray,
@@ -78,9 +78,7 @@ class OnnxSession:
         self.keys = np.zeros((t.layers, rows, t.heads, hd, length), dtype=backend.cache_dtype)
         self.values = np.zeros((t.layers, rows, t.heads, length, hd), dtype=backend.cache_dtype)
         self.filled = np.zeros((rows, length), dtype=bool)
-        positions, self.next_pos = prompt_positions(valid)
-        self.start = 0
-        self.first_logits = self._run(prompts.astype(np.int64), positions, valid)
+        self._prefill(prompts, valid)
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, new_valid: np.ndarray) -> np.ndarray:
         feed = {"tokens": tokens, "positions": positions, "new_valid": new_valid, "past_valid": self.filled}
@@ -93,13 +91,6 @@ class OnnxSession:
         self.values[:, :, :, self.start : self.start + t] = new_v
         self.filled[:, self.start : self.start + t] = new_valid
         self.start += t
-        return logits
-
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        rows = tokens.shape[0]
-        logits = self._run(tokens.reshape(rows, 1).astype(np.int64), self.next_pos[:, None],
-                           np.ones((rows, 1), dtype=bool))
-        self.next_pos = self.next_pos + 1
         return logits
 
     def reorder(self, rows: np.ndarray) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..arrays import NumpyOps
 from ..checkpoint import ModelDims
-from ..decoding import prompt_positions
+from .base import NumpySession
 
 
 def tensorflow():
@@ -31,7 +31,7 @@ def tensorflow():
     return tf
 
 
-class TFSession:
+class TFSession(NumpySession):
     """One batch of images being decoded."""
 
     def __init__(self, backend: "TFBackend", memory: tuple[Any, Any], group: int, prompts: np.ndarray,
@@ -46,9 +46,7 @@ class TFSession:
         self.keys = tf.Variable(tf.zeros(shape), trainable=False)  # written in place, slot by slot
         self.values = tf.Variable(tf.zeros(shape), trainable=False)
         self.filled = np.zeros((rows, length), dtype=bool)
-        positions, self.next_pos = prompt_positions(valid)
-        self.start = 0
-        self.first_logits = self._run(prompts.astype(np.int64), positions, valid)
+        self._prefill(prompts, valid)
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, new_valid: np.ndarray) -> np.ndarray:
         logits, new_k, new_v = self.backend.model.decode(tokens, positions, new_valid, self.filled, self.keys,
@@ -59,13 +57,6 @@ class TFSession:
         self.filled[:, self.start : end] = new_valid
         self.start = end
         return logits.numpy()
-
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        rows = tokens.shape[0]
-        logits = self._run(tokens.reshape(rows, 1).astype(np.int64), self.next_pos[:, None],
-                           np.ones((rows, 1), dtype=bool))
-        self.next_pos = self.next_pos + 1
-        return logits
 
     def reorder(self, rows: np.ndarray) -> None:
         # beams of one image share positions and padding, so only the caches move
