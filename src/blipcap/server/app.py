@@ -34,15 +34,13 @@ from .config import ServerConfig
 from .inputs import ApiError, Upload, from_form, from_json, is_image, parse_options
 from .lanes import DecodeLanes
 from .metrics import Metrics
+from .middleware import HTTP_KINDS, LimitAndCount, error_response
 from .ollama import router as ollama_router
 from .openai import router as openai_router
 from .schemas import CAPTION_REQUEST_BODY, CAPTION_RESPONSES
 from .search import SearchService, search_router
 
 STATIC = Path(__file__).parent / "static"
-ROUTES = ("/", "/v1/caption", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json",
-          "/search", "/v1/search", "/v1/thumbnail/{id}", "/v1/captions/{id}",
-          "/v1/models", "/v1/chat/completions", "/api/version", "/api/tags", "/api/show", "/api/generate", "/api/chat")
 T = TypeVar("T")
 log = logging.getLogger("uvicorn.error")  # shown with uvicorn's own startup lines
 
@@ -207,71 +205,6 @@ def _finite(score: float | None) -> float | None:
     return score if score is not None and math.isfinite(score) else None
 
 
-# --- middleware: body-size cap and request counting ------------------------------------------------
-
-class _BodyTooLarge(ApiError):
-    def __init__(self, limit_mb: float):
-        super().__init__(413, f"request body exceeds the {limit_mb:g} MB limit", "too_large")
-
-
-class LimitAndCount:
-    """Pure ASGI: refuse bodies over the cap (from Content-Length at once, else while they stream)
-    and count every response by route and status."""
-
-    def __init__(self, app: Any, service: Service):
-        self.app, self.service = app, service
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit, metrics = self.service.config.max_upload_bytes, self.service.metrics
-        route = _route(scope["path"])
-        status = {"code": 500, "started": False}
-
-        async def counting_send(message):
-            if message["type"] == "http.response.start":
-                status["code"], status["started"] = message["status"], True
-            await send(message)
-
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        try:
-            if length.isdigit() and int(length) > limit:
-                raise _BodyTooLarge(self.service.config.max_upload_mb)
-            seen = 0
-
-            async def capped_receive():
-                nonlocal seen
-                message = await receive()
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge(self.service.config.max_upload_mb)
-                return message
-
-            await self.app(scope, capped_receive, counting_send)
-        except _BodyTooLarge as e:
-            if status["started"]:
-                raise
-            await _error(e, metrics)(scope, receive, counting_send)
-        finally:
-            metrics.requests.labels(route=route, status=str(status["code"])).inc()
-
-
-_KINDS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-
-
-def _route(path: str) -> str:
-    """The metrics label of a request path: a route of ROUTES, /static, or other."""
-    if path in ROUTES:
-        return path
-    if path.startswith("/static/"):
-        return "/static"
-    templated = path.rsplit("/", 1)[0] + "/{id}"
-    return templated if templated in ROUTES else "other"
-
-
-def _error(e: ApiError, metrics: Metrics) -> JSONResponse:
-    metrics.errors.labels(kind=e.kind).inc()
-    return JSONResponse({"error": e.message, "error_type": e.kind}, status_code=e.status, headers=e.headers)
 
 
 # --- the app -----------------------------------------------------------------------------------------
@@ -295,11 +228,11 @@ def create_app(captioner: Any, config: ServerConfig | None = None, *, fetcher: U
     app = FastAPI(title="blipcap", version=__version__, lifespan=lifespan,
                   description="Image captioning with BLIP. POST images to /v1/caption.")
     app.state.service = service
-    app.add_middleware(LimitAndCount, service=service)
-    app.add_exception_handler(ApiError, lambda request, e: _error(e, service.metrics))
+    app.add_middleware(LimitAndCount, config=service.config, metrics=service.metrics)
+    app.add_exception_handler(ApiError, lambda request, e: error_response(e, service.metrics))
     # Starlette's own refusals (unknown route, wrong method) in the same shape as ours, not {"detail"}
-    app.add_exception_handler(StarletteHTTPException, lambda request, e: _error(
-        ApiError(e.status_code, str(e.detail), _KINDS.get(e.status_code, "http_error"), e.headers), service.metrics))
+    app.add_exception_handler(StarletteHTTPException, lambda request, e: error_response(
+        ApiError(e.status_code, str(e.detail), HTTP_KINDS.get(e.status_code, "http_error"), e.headers), service.metrics))
 
     bearer = HTTPBearer(auto_error=False, description="the API key, when the server was started with --api-key-env")
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key (alternative header)")
