@@ -24,7 +24,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,7 @@ from blipcap.bench import machine
 from blipcap.outputs.index import Index
 from blipcap.outputs.records import Record
 
-from .bench_serve import free_port
+from .bench_serve import spawn_serve
 
 ADJECTIVES = "brown black white red small large old young wooden tall green blue striped fluffy wet".split()
 NOUNS = ("dog cat man woman child horse bird car bicycle boat train bus table chair cake pizza tree flower "
@@ -104,23 +103,8 @@ def add_photos(db: Path, folder: Path, n: int) -> list[int]:
 
 
 def start_server(db: Path, cache: Path, log) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "blipcap", "serve", "--index", str(db), "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning"]
-    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"blipcap serve exited with {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("blipcap serve did not start")
+    return spawn_serve(["--index", str(db), "--log-level", "warning"], log, env={"XDG_CACHE_HOME": str(cache)},
+                       ready_s=120)
 
 
 def pct(values: list[float], q: float) -> float:

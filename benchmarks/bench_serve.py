@@ -47,16 +47,13 @@ def metric(text: str, name: str) -> float:
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
-def start_server(model: Path, args, log) -> tuple[subprocess.Popen, str]:
+def spawn_serve(serve_args: list[str], log, *, env: dict | None = None, ready_s: float = 600) -> tuple[subprocess.Popen, str]:
+    """`blipcap serve SERVE_ARGS` on a free 127.0.0.1 port, logging to ``log``; returns once /readyz says 200."""
     port = free_port()
-    cmd = [sys.executable, "-m", "blipcap", "serve", "--model", str(model), "--device", args.device,
-           "--dtype", args.dtype, "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-           "--max-queue", str(max(256, 2 * args.clients)), "--timeout-s", "3600", "--log-level", "warning",
-           "--served-model-name", "bench"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [sys.executable, "-m", "blipcap", "serve", *serve_args, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"blipcap serve exited with {proc.returncode}; see {log.name}")
@@ -65,9 +62,16 @@ def start_server(model: Path, args, log) -> tuple[subprocess.Popen, str]:
                 return proc, base
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server did not become ready")
+
+
+def start_server(model: Path, args, log) -> tuple[subprocess.Popen, str]:
+    return spawn_serve(["--model", str(model), "--device", args.device, "--dtype", args.dtype,
+                        "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+                        "--max-queue", str(max(256, 2 * args.clients)), "--timeout-s", "3600", "--log-level",
+                        "warning", "--served-model-name", "bench"], log, env={"HF_HUB_OFFLINE": "1"})
 
 
 async def phase(base: str, bodies: list[bytes], options: dict, requests: int, clients: int,

@@ -51,6 +51,13 @@ def pixels_in_header(data: bytes) -> int:
         return 0
 
 
+def _decode_unless_heavy(upload: Upload, decoder: Decoder) -> Decoded | ImageError | None:
+    """Decode an ordinary image here; None for a huge one, which goes to the heavy lane."""
+    if pixels_in_header(upload.data) > HEAVY_PIXELS:
+        return None
+    return decode(upload, decoder)
+
+
 def _decode_heavy(upload: Upload, decoder: Decoder) -> Decoded | ImageError:
     try:
         return decode(upload, decoder)
@@ -74,9 +81,13 @@ class DecodeLanes:
             if isinstance(fetched, ImageError):
                 return fetched
             upload = fetched
-        if upload.data is not None and pixels_in_header(upload.data) > HEAVY_PIXELS:
+        if upload.data is None:  # refused while parsing: nothing to decode
+            return await loop.run_in_executor(self.normal, decode, upload, self.decoder)
+        # the header is read on a decode thread too: never parse client bytes on the event loop
+        done = await loop.run_in_executor(self.normal, _decode_unless_heavy, upload, self.decoder)
+        if done is None:
             return await loop.run_in_executor(self.heavy, _decode_heavy, upload, self.decoder)
-        return await loop.run_in_executor(self.normal, decode, upload, self.decoder)
+        return done
 
     def _fetch(self, upload: Upload) -> Upload | ImageError:
         """The URL's bytes as an upload named by the URL, or the refusal."""
