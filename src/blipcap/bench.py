@@ -219,7 +219,7 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 def run_bench(model: str | None = None, *, random: str | None = None, backend: str = "auto", device: str = "auto",
               dtype: str = "auto", batch_size: int = 8, images: int = 8, beams: int = 3, new_tokens: int = 20,
-              against: str | None = None) -> BenchResult:
+              against: str | None = None, image_kv_dtype: str = "auto") -> BenchResult:
     from .captioner import Captioner
     from .options import CaptionOptions
     from .spec import ModelSpec
@@ -243,11 +243,11 @@ def run_bench(model: str | None = None, *, random: str | None = None, backend: s
                    str(path), str(load_from), dtype)
         t0 = time.perf_counter()
         spec = ModelSpec(str(load_from if path else model), backend=backend,
-                         **({} if backend == "onnx" else dict(device=device, dtype=dtype)))
+                         **({} if backend == "onnx" else dict(device=device, dtype=dtype, image_kv_dtype=image_kv_dtype)))
         cap = Captioner.load(spec)
         load_s = time.perf_counter() - t0
         info = cap.backend.info()
-        dtype_label = info["dtype"]
+        dtype_label = info["dtype"] + (f", image K/V {info['image_kv_dtype']}" if "image_kv_dtype" in info else "")
         total, enc, pre, ours = _time_blipcap(cap, imgs, opts, batch_size)
         result = BenchResult(model=str(model or f"random {random}"), machine=machine(),
                              options=dict(images=images, beams=beams, new_tokens=new_tokens, batch_size=batch_size,

@@ -46,12 +46,15 @@ def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
 
 
 def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, providers, threads,
-                  cuda_graphs: bool | None = None) -> Backend:
+                  cuda_graphs: bool | None = None, image_kv_dtype: str = "auto") -> Backend:
     from .backends.onnx import read_manifest
 
     manifest = read_manifest(path)
     if backend == "auto":
         backend = "onnx" if manifest else "torch"
+    if image_kv_dtype != "auto" and backend != "torch":
+        raise ValueError(f"image_kv_dtype={image_kv_dtype!r} is for the torch backend; the {backend} backend keeps "
+                         "the image keys/values as its graphs give them")
     if backend == "onnx":
         if manifest is None:
             raise CheckpointError(
@@ -65,7 +68,8 @@ def _load_backend(backend: str, path: Path, dims: Any, device: str, dtype: str, 
             raise CheckpointError(f"{path} is an ONNX export: load it with backend='onnx'")
         from .backends.torch import TorchBackend
 
-        return TorchBackend.load(path, dims, device=device, dtype=dtype, cuda_graphs=cuda_graphs)
+        return TorchBackend.load(path, dims, device=device, dtype=dtype, cuda_graphs=cuda_graphs,
+                                 image_kv_dtype=image_kv_dtype)
     if backend == "tf":
         from .backends.tf import TFBackend
 
@@ -90,7 +94,7 @@ class Captioner:
              cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
              max_pixels: int | None = DEFAULT_MAX_PIXELS, allow_urls: bool = False,
              providers: Sequence[str] | None = None, threads: int | None = None,
-             cuda_graphs: bool | None = None) -> "Captioner":
+             cuda_graphs: bool | None = None, image_kv_dtype: str = "auto") -> "Captioner":
         """Load a short name (large, base), a Hub repo id, a local checkpoint directory, or a
         directory made by `blipcap export-onnx`; or what a ModelSpec says (then without the
         keywords that a ModelSpec holds).
@@ -98,10 +102,13 @@ class Captioner:
         backend: "torch", "onnx", or "auto" (ONNX Runtime for an export directory, else PyTorch).
         providers/threads: ONNX Runtime execution providers and intra-op threads (onnx backend).
         cuda_graphs: torch on CUDA, replay each decoder step as a captured CUDA graph (None: yes).
+        image_kv_dtype: torch, the type the image keys/values are kept in for decoding ("auto": the
+        model's dtype, token-identical to transformers; "bfloat16" halves their memory, and on the CPU the
+        cross-attention products run in bf16: not token-identical, see BENCHMARKS.md).
         """
         given = dict(device=device, dtype=dtype, backend=backend, revision=revision, cache_dir=cache_dir,
                      local_files_only=local_files_only, providers=providers, threads=threads,
-                     cuda_graphs=cuda_graphs)
+                     cuda_graphs=cuda_graphs, image_kv_dtype=image_kv_dtype)
         if isinstance(model, ModelSpec):
             clash = [k for k, v in given.items() if v != getattr(_DEFAULT_SPEC, k)]
             if clash:
@@ -114,7 +121,7 @@ class Captioner:
         config = read_config(resolved.path)
         dims = dims_from_config(config)
         engine = _load_backend(spec.backend, resolved.path, dims, spec.device, spec.dtype, spec.providers,
-                               spec.threads, spec.cuda_graphs)
+                               spec.threads, spec.cuda_graphs, spec.image_kv_dtype)
         codec = TextCodec.from_dir(resolved.path, dims.bos_id, dims.eos_id, dims.pad_id)
         pre_path = resolved.path / "preprocessor_config.json"
         pre = Preprocessor.from_file(pre_path) if pre_path.is_file() else Preprocessor.from_config({})

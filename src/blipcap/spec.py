@@ -21,6 +21,7 @@ class ModelSpec:
     cache_dir: str | None = None  # the Hub cache (default: HF_HUB_CACHE)
     local_files_only: bool = False  # never download
     cuda_graphs: bool | None = None  # torch on CUDA: replay each decoder step as a CUDA graph (None: yes)
+    image_kv_dtype: str = "auto"  # torch: the image keys/values' type (auto: the model's dtype; bfloat16 halves them)
 
     def __post_init__(self) -> None:
         # paths and lists from callers; kept as str/tuple so the spec hashes and pickles plainly

@@ -173,13 +173,17 @@ class TextBlock(nn.Module):
         if torch.onnx.is_in_onnx_export():
             a = _ExportedAttention.apply(q, k, v, self.heads)
         elif q.is_cuda:
-            a = _merge(F.scaled_dot_product_attention(_heads(q, self.heads), k, v))
+            a = _merge(F.scaled_dot_product_attention(_heads(q, self.heads).to(k.dtype), k, v)).to(q.dtype)
         else:
             # on the CPU, SDPA's kernel for these few query rows over 577 keys is slower than two
             # batched products that read the keys/values once (one step's cross-attention for 8
             # images x 3 beams: 16.9 -> 14.4 ms fp32, 17.5 -> 8.6 ms bf16; benchmarks/bench_kernels.py)
             qh = _heads(q, self.heads)
-            a = _merge(torch.matmul(torch.matmul(qh * qh.shape[-1] ** -0.5, k.transpose(-1, -2)).softmax(dim=-1), v))
+            scores = torch.matmul((qh * qh.shape[-1] ** -0.5).to(k.dtype), k.transpose(-1, -2))
+            if k.dtype == q.dtype:
+                a = _merge(torch.matmul(scores.softmax(dim=-1), v))
+            else:  # image K/V kept narrower than the model (image_kv_dtype): the softmax in float32
+                a = _merge(torch.matmul(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), v)).to(q.dtype)
         x = self.ln_cross(x + self.cross_out(a.reshape(rows, t, -1)))
         return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
 

@@ -37,14 +37,17 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, what: str = "dtype",
+                  auto: torch.dtype | None = None) -> torch.dtype:
     if dtype == "auto":
+        if auto is not None:
+            return auto
         # fp16 on GPUs; fp32 on CPUs, where it is the reference numerics
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
+        raise ValueError(f"{what} must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
     if dtype == "float16" and device.type != "cuda":
-        raise ValueError("float16 is for CUDA; on the CPU use bfloat16 or float32")
+        raise ValueError(f"{what} float16 is for CUDA; on the CPU use bfloat16 or float32")
     return _DTYPES[dtype]
 
 
@@ -125,8 +128,11 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: BlipCaptioner, device: torch.device, dtype: torch.dtype,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, image_kv_dtype: torch.dtype | None = None):
         self.model, self.device, self.dtype = model, device, dtype
+        # the type the image keys/values are kept in: the model's own unless asked (nn.TextBlock
+        # runs the cross-attention products in it and the softmax in float32)
+        self.image_kv_dtype = image_kv_dtype or dtype
         self.dims: ModelDims = model.dims
         self.ops = TorchOps(device)
         # CUDA: decode with the fixed-shape step (static.py), captured as CUDA graphs unless
@@ -138,11 +144,13 @@ class TorchBackend:
 
     @classmethod
     def load(cls, model_dir: str | Path, dims: ModelDims, device: str = "auto", dtype: str = "auto",
-             pack: bool = True, cuda_graphs: bool | None = None) -> "TorchBackend":
+             pack: bool = True, cuda_graphs: bool | None = None, image_kv_dtype: str = "auto") -> "TorchBackend":
         """`pack`: on the CPU, pre-pack the linear layers for oneDNN (cpu_pack.py); export passes False.
-        `cuda_graphs`: on CUDA, replay each decoder step as a captured graph (None: yes)."""
+        `cuda_graphs`: on CUDA, replay each decoder step as a captured graph (None: yes).
+        `image_kv_dtype`: the image keys/values' type (auto: `dtype`)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
+        kv = resolve_dtype(image_kv_dtype, dev, "image_kv_dtype", auto=dt)
         with torch.device("meta"):
             model = BlipCaptioner(dims)
         shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
@@ -152,7 +160,7 @@ class TorchBackend:
         del state
         if pack and dev.type == "cpu" and packing_available():
             pack_linears(model, release=pages.release)
-        return cls(model, dev, dt, cuda_graphs)
+        return cls(model, dev, dt, cuda_graphs, kv)
 
     # Images per vision-encoder call on the CPU: bounds activation memory (a ViT-L layer holds
     # ~50 MB of activations per 2 images); 2 measured as fast as 4 on the large shape with packed
@@ -166,7 +174,8 @@ class TorchBackend:
         chunk = self.cpu_encode_chunk if self.device.type == "cpu" else x.shape[0]
         d = self.dims
         v, t = d.vision, d.text
-        out = x.new_empty((t.layers, 2, x.shape[0], t.heads, v.num_patches + 1, t.hidden // t.heads))
+        out = x.new_empty((t.layers, 2, x.shape[0], t.heads, v.num_patches + 1, t.hidden // t.heads),
+                          dtype=self.image_kv_dtype)
         for i in range(0, x.shape[0], chunk):
             self.model.encode(x[i : i + chunk], out=out[:, :, i : i + chunk])
         return out
@@ -184,7 +193,7 @@ class TorchBackend:
         item = torch.finfo(self.dtype).bits // 8
         n = v.num_patches + 1
         cuda = self.device.type == "cuda"
-        image_kv = t.layers * 2 * n * t.hidden * item  # the image keys/values every decoder layer reads
+        image_kv = t.layers * 2 * n * t.hidden * (torch.finfo(self.image_kv_dtype).bits // 8)  # every layer reads
         # the encoder at its widest layer: residual, q/k/v, MLP, and attention scores in case the
         # kernel materialises them; on the CPU images are encoded two at a time, not all at once
         encode = (n * (5 * v.hidden + v.mlp) + v.heads * n * n) * item if cuda else 0
@@ -205,5 +214,8 @@ class TorchBackend:
         return pick_batch_size(self.memory_estimate(group, length), free_bytes, limit)
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+        info = {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "cuda_graphs": self.cuda_graphs}
+        if self.image_kv_dtype != self.dtype:
+            info["image_kv_dtype"] = str(self.image_kv_dtype).replace("torch.", "")
+        return info

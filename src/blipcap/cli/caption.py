@@ -37,7 +37,7 @@ def model_spec(args: argparse.Namespace):
     from ..spec import ModelSpec
 
     return ModelSpec(args.model, revision=args.revision, backend=args.backend, device=args.device, dtype=args.dtype,
-                     threads=args.threads)
+                     threads=args.threads, image_kv_dtype=args.image_kv_dtype)
 
 
 def load_captioner(args: argparse.Namespace):

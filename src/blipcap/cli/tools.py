@@ -38,7 +38,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = run_bench(args.model, random=args.random, backend=args.backend, device=args.device, dtype=args.dtype,
                        batch_size=args.batch_size, images=args.images, beams=args.beams, new_tokens=args.new_tokens,
-                       against=args.against)
+                       against=args.against, image_kv_dtype=args.image_kv_dtype)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return 0
 
