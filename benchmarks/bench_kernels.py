@@ -14,8 +14,14 @@
   PyTorch's scaled_dot_product_attention vs two batched products (TextBlock._rest on the CPU), and
   in ONNX Runtime MatMuls on transposed keys (graphs before) vs com.microsoft.MultiHeadAttention on
   (images, heads, 577, 64) keys/values (the export now);
-- ONNX Runtime's LM head at the decoder's 24 rows: fp32 vs dynamic int8 (not used: see BENCHMARKS.md).
-Each figure is the best of several runs after a warm-up.
+- ONNX Runtime's LM head at the decoder's 24 rows: fp32 vs dynamic int8 (not used: see BENCHMARKS.md);
+- that cross-attention with the image keys/values kept in float16 or bfloat16 under a float32 model
+  (`image_kv_dtype`: SDPA on the narrow type) against float32, with the largest error;
+- the image encoder's attention (2 images, 16 heads, 577 tokens) in ONNX Runtime's CPU provider: the
+  fused fp32 MultiHeadAttention the export uses vs the ONNX Attention op in fp16 (the only reduced-
+  precision attention kernel it has) vs the two products as int8 MatMulInteger (u8 x u8, u8 x s8).
+Each figure is the best of several runs after a warm-up. `python -m benchmarks.bench_kernels image_kv
+ort_attention` runs only the sections named.
 """
 
 from __future__ import annotations
@@ -207,6 +213,75 @@ def cross_attention() -> None:
         print(f"| ONNX Runtime fp32: {label} | {best_ms(lambda: sess.run(None, feed)):.1f} |")
 
 
+def image_kv() -> None:
+    images, beams, heads, n, hd, layers = 8, 3, 12, 577, 64, 12
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(images, heads, beams, hd, generator=g) * 2
+    keys = [torch.randn(images, heads, n, hd, generator=g) * 2 for _ in range(layers)]
+    values = [torch.randn(images, heads, n, hd, generator=g) for _ in range(layers)]
+    with torch.inference_mode():
+        ref = [torch.matmul(torch.matmul(q * hd**-0.5, k.transpose(-1, -2)).softmax(-1), v) for k, v in zip(keys, values)]
+        print("\n| the same step, float32 queries, image K/V kept in | ms | largest error vs fp32 |")
+        print("| --- | --- | --- |")
+        fp32 = best_ms(lambda: [torch.matmul(torch.matmul(q * hd**-0.5, k.transpose(-1, -2)).softmax(-1), v)
+                                for k, v in zip(keys, values)])
+        print(f"| float32 (two batched products, as today) | {fp32:.1f} | 0 |")
+        for dtype in (torch.float16, torch.bfloat16):
+            kd, vd = [k.to(dtype) for k in keys], [v.to(dtype) for v in values]
+            run = lambda: [F.scaled_dot_product_attention(q.to(dtype), k, v).float() for k, v in zip(kd, vd)]  # noqa: E731
+            err = max(float((a - b).abs().max()) for a, b in zip(run(), ref))
+            print(f"| {str(dtype).replace('torch.', '')} (SDPA on the narrow type) | {best_ms(run):.1f} | {err:.4f} |")
+
+
+def ort_attention() -> None:
+    try:
+        from onnx import TensorProto, helper
+    except ImportError:
+        return
+    b, t, hidden, heads, layers = 2, 577, 1024, 16, 24
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, b, t, hidden)).astype(np.float32)
+    print(f"\n| ONNX Runtime, the image encoder's attention ({b} images, {heads} heads, {t} tokens) | "
+          "s / image for 24 layers |")
+    print("| --- | --- |")
+
+    def timed(nodes, inputs, outputs, feed, opset=18) -> float:
+        graph = helper.make_graph(nodes, "g", inputs, outputs)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 10
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return best_of(lambda: sess.run(None, feed), 5) / b * layers
+
+    import onnxruntime as ort
+
+    def io(dtype, shape, names):
+        return [helper.make_tensor_value_info(name, dtype, shape) for name in names]
+
+    qkv = io(TensorProto.FLOAT, [b, t, hidden], "qkv")
+    feed = dict(zip("qkv", x))
+    mha = helper.make_node("MultiHeadAttention", list("qkv"), ["o"], domain="com.microsoft", num_heads=heads)
+    print(f"| fp32 com.microsoft.MultiHeadAttention (the export) | "
+          f"{timed([mha], qkv, io(TensorProto.FLOAT, [b, t, hidden], 'o'), feed):.3f} |")
+    att = helper.make_node("Attention", list("qkv"), ["o"], q_num_heads=heads, kv_num_heads=heads)
+    half = {k: v.astype(np.float16) for k, v in feed.items()}
+    fp16 = timed([att], io(TensorProto.FLOAT16, [b, t, hidden], "qkv"), io(TensorProto.FLOAT16, [b, t, hidden], "o"),
+                 half, opset=23)
+    print(f"| fp16 ONNX Attention (opset 23) | {fp16:.3f} |")
+    hd, bh = hidden // heads, b * heads
+    for label, ta, tb, na, nb in (("u8 x u8", TensorProto.UINT8, TensorProto.UINT8, np.uint8, np.uint8),
+                                  ("u8 x s8", TensorProto.UINT8, TensorProto.INT8, np.uint8, np.int8)):
+        total = 0.0
+        for sa, sb, so in (([bh, t, hd], [bh, hd, t], [bh, t, t]), ([bh, t, t], [bh, t, hd], [bh, t, hd])):
+            node = helper.make_node("MatMulInteger", ["a", "b"], ["o"])
+            ins = [helper.make_tensor_value_info("a", ta, sa), helper.make_tensor_value_info("b", tb, sb)]
+            f = {"a": rng.integers(0, 100, sa).astype(na), "b": rng.integers(0, 100, sb).astype(nb)}
+            total += timed([node], ins, io(TensorProto.INT32, so, "o"), f)
+        print(f"| int8 MatMulInteger {label}: the two products alone (no quantising, no softmax) | {total:.3f} |")
+
+
 def lm_head() -> None:
     try:
         from onnx import helper, numpy_helper
@@ -223,14 +298,14 @@ def lm_head() -> None:
 
 
 def main() -> None:
+    import sys
+
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    linears()
-    onnx_int8()
-    packing()
-    reorder()
-    topk()
-    cross_attention()
-    lm_head()
+    sections = [linears, onnx_int8, packing, reorder, topk, cross_attention, lm_head, image_kv, ort_attention]
+    chosen = sys.argv[1:]
+    for section in sections:
+        if not chosen or section.__name__ in chosen:
+            section()
 
 
 if __name__ == "__main__":

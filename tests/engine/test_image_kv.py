@@ -58,9 +58,23 @@ def test_the_trained_fixture_still_captions_every_image_right(caps, beams):
     assert [c.text for c in narrow.caption(images, num_beams=beams, batch_size=16)] == expected
 
 
-def test_a_float16_image_memory_on_the_cpu_is_refused(tiny_fixture):
-    with pytest.raises(ValueError, match="image_kv_dtype float16 is for CUDA"):
-        Captioner.load(tiny_fixture, device="cpu", image_kv_dtype="float16")
+def test_a_float16_image_memory_on_the_cpu_captions_right_and_saturates_outliers(tiny_fixture):
+    cap = Captioner.load(tiny_fixture, device="cpu", dtype="float32", image_kv_dtype="float16")
+    images, expected = fresh(seed=2100, n=8)
+    assert [c.text for c in cap.caption(images, num_beams=3)] == expected
+    # an image memory beyond float16's range saturates at its largest value instead of becoming inf
+    model = cap.backend.model
+    out = torch.empty((model.dims.text.layers, 2, 1, model.dims.text.heads, model.dims.vision.num_patches + 1,
+                       model.dims.text.hidden // model.dims.text.heads), dtype=torch.float16)
+    pixels = torch.from_numpy(cap.preprocessor.batch(images[:1]))
+    block = model.text.blocks[0]
+    original = block.cross_kv_of
+    block.cross_kv_of = lambda memory: original(memory) * 1e6
+    try:
+        model.encode(pixels, out=out)
+    finally:
+        block.cross_kv_of = original
+    assert torch.isfinite(out).all() and float(out[0].abs().max()) == 65504.0
 
 
 def test_an_unknown_image_kv_dtype_is_refused(tiny_fixture):

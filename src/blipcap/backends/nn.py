@@ -172,18 +172,16 @@ class TextBlock(nn.Module):
         k, v = cross[0], cross[1]  # (B_img, heads, N, hd) each
         if torch.onnx.is_in_onnx_export():
             a = _ExportedAttention.apply(q, k, v, self.heads)
-        elif q.is_cuda:
+        elif q.is_cuda or k.dtype != q.dtype:
+            # (image K/V kept narrower than the model, image_kv_dtype: SDPA takes the narrow type and
+            # keeps its scores and softmax in float32; fp16 on the CPU 27 -> 18 ms a step, bench_kernels.py)
             a = _merge(F.scaled_dot_product_attention(_heads(q, self.heads).to(k.dtype), k, v)).to(q.dtype)
         else:
             # on the CPU, SDPA's kernel for these few query rows over 577 keys is slower than two
             # batched products that read the keys/values once (one step's cross-attention for 8
             # images x 3 beams: 16.9 -> 14.4 ms fp32, 17.5 -> 8.6 ms bf16; benchmarks/bench_kernels.py)
             qh = _heads(q, self.heads)
-            scores = torch.matmul((qh * qh.shape[-1] ** -0.5).to(k.dtype), k.transpose(-1, -2))
-            if k.dtype == q.dtype:
-                a = _merge(torch.matmul(scores.softmax(dim=-1), v))
-            else:  # image K/V kept narrower than the model (image_kv_dtype): the softmax in float32
-                a = _merge(torch.matmul(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), v)).to(q.dtype)
+            a = _merge(torch.matmul(torch.matmul(qh * qh.shape[-1] ** -0.5, k.transpose(-1, -2)).softmax(dim=-1), v))
         x = self.ln_cross(x + self.cross_out(a.reshape(rows, t, -1)))
         return self.ln_ffn(x + self.fc2(F.gelu(self.fc1(x))))
 
@@ -299,7 +297,10 @@ class BlipCaptioner(nn.Module):
         if out is None:
             return torch.stack([block.cross_kv_of(memory) for block in self.text.blocks])
         for i, block in enumerate(self.text.blocks):
-            out[i] = block.cross_kv_of(memory)
+            kv = block.cross_kv_of(memory)
+            if out.dtype == torch.float16 and kv.dtype != torch.float16:
+                kv = kv.clamp_(-65504.0, 65504.0)  # float16's range: an outlier saturates, never inf
+            out[i] = kv
         return out
 
 

@@ -37,18 +37,25 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device, what: str = "dtype",
-                  auto: torch.dtype | None = None) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
-        if auto is not None:
-            return auto
         # fp16 on GPUs; fp32 on CPUs, where it is the reference numerics
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
-        raise ValueError(f"{what} must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
+        raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
     if dtype == "float16" and device.type != "cuda":
-        raise ValueError(f"{what} float16 is for CUDA; on the CPU use bfloat16 or float32")
+        raise ValueError("float16 is for CUDA; on the CPU use bfloat16 or float32")
     return _DTYPES[dtype]
+
+
+def resolve_image_kv_dtype(image_kv_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The image keys/values' type: the model's ("auto"), or one asked for. float16 is allowed on the
+    CPU here: only the attention over the image reads it (SDPA's kernel, float32 inside)."""
+    if image_kv_dtype == "auto":
+        return model_dtype
+    if image_kv_dtype not in _DTYPES:
+        raise ValueError(f"image_kv_dtype must be one of auto, {', '.join(_DTYPES)}; got {image_kv_dtype!r}")
+    return _DTYPES[image_kv_dtype]
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ class TorchBackend:
         `image_kv_dtype`: the image keys/values' type (auto: `dtype`)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        kv = resolve_dtype(image_kv_dtype, dev, "image_kv_dtype", auto=dt)
+        kv = resolve_image_kv_dtype(image_kv_dtype, dt)
         with torch.device("meta"):
             model = BlipCaptioner(dims)
         shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}

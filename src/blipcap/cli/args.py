@@ -20,8 +20,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_image_kv_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-kv-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="torch: keep the image keys/values in this type (auto: --dtype's); bfloat16 halves "
-                        "their memory and, at float32 on the CPU, speeds decoding, but is not token-identical")
+                   help="torch: keep the image keys/values in this type (auto: --dtype's); float16 or bfloat16 "
+                        "halve their memory and, at float32, speed decoding, but are not token-identical")
 
 
 # caption options as the CLI spells them: (flag's dest, option, value a set flag gives or None: its argument)
