@@ -22,6 +22,7 @@ import torch
 from ..arrays import TorchOps
 from ..checkpoint import ModelDims, load_state_dict
 from .cpu_pack import pack_linears, packing_available
+from .feed import InFlight, PinnedFeed
 from .nn import BlipCaptioner
 from .static import BucketPool, StaticSession
 
@@ -135,6 +136,8 @@ class TorchBackend:
         self.cuda_graphs = device.type == "cuda" and cuda_graphs is not False
         self.static_step = self.cuda_graphs
         self.buckets = BucketPool()
+        # CUDA: pixels go through pinned staging slots and a copy stream (feed.py); None: the plain copy
+        self.feed = PinnedFeed(device, dtype) if device.type == "cuda" else None
 
     @classmethod
     def load(cls, model_dir: str | Path, dims: ModelDims, device: str = "auto", dtype: str = "auto",
@@ -159,10 +162,20 @@ class TorchBackend:
     # weights, 1 ~12% slower (BENCHMARKS.md).
     cpu_encode_chunk = 2
 
+    def stage(self, pixels: np.ndarray) -> np.ndarray | InFlight:
+        """Start moving pixels to the device ahead of ``encode`` (any thread; CUDA only, else as given)."""
+        return pixels if self.feed is None else self.feed.put(pixels)
+
     @torch.inference_mode()
-    def encode(self, pixels: np.ndarray) -> torch.Tensor:
-        """(B, 3, H, W) float32 pixels -> image memory: cross-attention K/V for every decoder layer."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+    def encode(self, pixels: np.ndarray | InFlight) -> torch.Tensor:
+        """(B, 3, H, W) float32 pixels (or what ``stage`` made of them) -> image memory:
+        cross-attention K/V for every decoder layer."""
+        if isinstance(pixels, InFlight):
+            x = pixels.get()
+        elif self.feed is not None:
+            x = self.feed(pixels)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         chunk = self.cpu_encode_chunk if self.device.type == "cpu" else x.shape[0]
         d = self.dims
         v, t = d.vision, d.text

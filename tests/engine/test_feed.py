@@ -1,0 +1,83 @@
+"""backends/feed.py's bookkeeping, run without CUDA: staging slots that grow to the largest batch and
+are reused, pixels that come out as the plain copy makes them, in order. (On a GPU, test_cuda.py
+checks the pinned memory, the copy stream and the tokens.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from blipcap import Captioner
+from blipcap.backends.feed import PinnedFeed
+
+
+def pixels(n: int, seed: int = 0, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
+
+
+def plain(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).to("cpu", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_feed_gives_what_the_plain_copy_gives(dtype):
+    feed = PinnedFeed("cpu", dtype)
+    for n in (4, 2, 4, 1):
+        x = pixels(n, seed=n)
+        got = feed(x)
+        assert got.dtype == dtype and got.shape == (n, 3, 8, 8)
+        assert torch.equal(got, plain(x, dtype))
+
+
+def test_a_staging_slot_grows_to_the_largest_batch_and_is_reused():
+    feed = PinnedFeed("cpu", torch.float32)
+    per_image = 3 * 8 * 8
+    for n in (2, 2, 2, 2):
+        feed(pixels(n))
+    assert feed.pinned == 2 and feed.capacity() == [2 * per_image] * 2  # one per slot, then reused
+    feed(pixels(5))
+    assert feed.pinned == 3 and sorted(feed.capacity()) == [2 * per_image, 5 * per_image]
+    for n in (1, 5, 3, 5, 2):  # smaller or equal batches fit the slots there are
+        feed(pixels(n))
+    assert feed.pinned == 4 and feed.capacity() == [5 * per_image] * 2
+
+
+def test_batches_staged_ahead_come_out_in_order_and_unchanged_by_later_ones():
+    feed = PinnedFeed("cpu", torch.float32)
+    xs = [pixels(3, seed=s) for s in range(5)]
+    first, second = feed.put(xs[0]), feed.put(xs[1])  # both slots in use before either is taken
+    outs = [first.get(), second.get()] + [feed(x) for x in xs[2:]]
+    for x, out in zip(xs, outs):
+        assert torch.equal(out, plain(x, torch.float32))  # a reused slot never shows through
+
+
+def test_pixels_written_into_the_host_buffer_are_not_copied_again():
+    feed = PinnedFeed("cpu", torch.float32)
+    x = pixels(3, seed=7)
+    buf = feed.host(x.shape)
+    buf[...] = x
+    assert feed.pinned == 1
+    assert torch.equal(feed(buf), plain(x, torch.float32))
+    assert feed.pinned == 1 and feed.capacity()[0] == x.size  # the same slot: filled in place
+    assert torch.equal(feed(pixels(3, seed=8)), plain(pixels(3, seed=8), torch.float32))
+
+
+def test_the_torch_backend_feeds_the_plain_way_on_the_cpu(random_ckpt):
+    cap = Captioner.load(random_ckpt, device="cpu", dtype="float32")
+    assert cap.backend.feed is None  # no pinning, no streams off CUDA
+
+
+def test_captions_through_the_feed_equal_the_plain_path_with_errors_per_item(random_ckpt, tmp_path):
+    from .test_captioner import colour_images
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = colour_images(5)
+    images.insert(2, tmp_path / "notes.txt")
+    cap = Captioner.load(random_ckpt, device="cpu", dtype="float32")
+    expected = cap.caption(images, errors="return", batch_size=4, max_new_tokens=6)
+    cap.backend.feed = PinnedFeed("cpu", torch.float32)  # what CUDA gets, minus the device
+    got = cap.caption(images, errors="return", batch_size=4, max_new_tokens=6)
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    assert [type(c.error) for c in got] == [type(c.error) for c in expected] and not got[2].ok
+    assert cap.backend.feed.pinned == 2  # two batches, two slots, each pinned once
