@@ -240,7 +240,7 @@ class Captioner:
         out: list[Caption] = [Caption("", error=item) if isinstance(item, ImageError) else None for item in loaded]
         if not good:
             return out
-        pixels = self.preprocessor.batch([loaded[i] for i in good])
+        pixels = self.preprocessor.batch([loaded[i] for i in good], out=self._pixel_buffer(len(good)))
         prompt_ids = [self.codec.prompt_ids(prompts[i]) for i in good]
         group = rows_per_image(opts)
         ids, valid = pad_prompt_rows(prompt_ids, group, self.codec.pad_id)
@@ -254,6 +254,12 @@ class Captioner:
             caps[0].alternatives = caps[1:]
             out[i] = caps[0]
         return out
+
+    def _pixel_buffer(self, n: int) -> Any:
+        buffer = getattr(self.backend, "pixel_buffer", None)  # torch on CUDA: pinned memory
+        if buffer is None or not self.preprocessor.do_resize:
+            return None
+        return buffer((n, 3, *self.preprocessor.size))
 
     def _text(self, prompt_ids: list[int], tokens: list[int], keep_prompt: bool) -> str:
         if len(prompt_ids) == 1:

@@ -81,3 +81,40 @@ def test_captions_through_the_feed_equal_the_plain_path_with_errors_per_item(ran
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]
     assert [type(c.error) for c in got] == [type(c.error) for c in expected] and not got[2].ok
     assert cap.backend.feed.pinned == 2  # two batches, two slots, each pinned once
+
+
+def test_pixels_made_on_the_decode_thread_equal_the_preprocessors(random_ckpt):
+    from dataclasses import replace
+
+    from blipcap.images import Decoder, Preprocessor
+    from tests.helpers.folders import jpeg_bytes
+
+    cap = Captioner.load(random_ckpt, device="cpu", dtype="float32")
+    data = [jpeg_bytes(c, s, p, size=(130 + 7 * i, 90)) for i, (c, s, p) in
+            enumerate([("red", "circle", "left"), ("blue", "square", "top"), ("green", "triangle", "bottom")])]
+    plain_decoder = Decoder.of(cap.preprocessor, cap.max_pixels)
+    with_pixels = Decoder.of(cap.preprocessor, cap.max_pixels, pixels=True)
+    bare = [plain_decoder.bytes(d) for d in data]
+    made = [with_pixels.bytes(d) for d in data]
+    assert all(d.pixels is None for d in bare) and all(d.pixels.dtype == np.float32 for d in made)
+    assert np.array_equal(cap.preprocessor.batch(made), cap.preprocessor.batch(bare))
+    for d, b in zip(made, bare):
+        assert np.array_equal(d.pixels, cap.preprocessor(b)) and d == b  # equal images, pixels aside
+    kw = dict(max_new_tokens=6, num_beams=2)
+    assert [c.token_ids for c in cap.caption(made, **kw)] == [c.token_ids for c in cap.caption(bare, **kw)]
+    # pixels another preprocessor made are not taken for this one's
+    other = Preprocessor(size=cap.preprocessor.size, mean=0.5, std=0.5)
+    foreign = [replace(b, pixels=other(b), made_by=other) for b in bare]
+    assert np.array_equal(cap.preprocessor.batch(foreign), cap.preprocessor.batch(bare))
+
+
+def test_a_batch_is_written_into_the_buffer_it_is_given():
+    from PIL import Image
+
+    from blipcap.images import Preprocessor
+
+    pre = Preprocessor(size=(16, 16))
+    images = [Image.new("RGB", (20, 10), c) for c in ("red", "blue")]
+    buf = np.full((2, 3, 16, 16), np.nan, np.float32)
+    out = pre.batch(images, out=buf)
+    assert out is buf and np.array_equal(buf, pre.batch(images))

@@ -162,6 +162,11 @@ class TorchBackend:
     # weights, 1 ~12% slower (BENCHMARKS.md).
     cpu_encode_chunk = 2
 
+    def pixel_buffer(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """Where to write the next batch's float32 pixels: CUDA's pinned staging slot (no second
+        host copy), None elsewhere."""
+        return None if self.feed is None else self.feed.host(shape)
+
     def stage(self, pixels: np.ndarray) -> np.ndarray | InFlight:
         """Start moving pixels to the device ahead of ``encode`` (any thread; CUDA only, else as given)."""
         return pixels if self.feed is None else self.feed.put(pixels)

@@ -3,7 +3,8 @@
     paths (discover.py) -> plan: which sinks still want each image (--existing skip: none -> skipped)
       -> decode pool: worker threads read, hash (sha256) and decode each file, JPEGs at reduced
          scale (Pillow draft) when far larger than the model input, and resize it to the model
-         input exactly as the preprocessor would; at most ``depth`` images wait in the queue
+         input exactly as the preprocessor would, then normalise it to float32 (so the model's
+         thread only copies pixels into a batch); at most ``depth`` images wait in the queue
       -> main thread: identical bytes (sha256) reuse a caption; the rest is batched to the model
       -> sinks (sinks.py, index.py), once per batch; failures -> the error log or stderr
 
@@ -124,7 +125,8 @@ class BulkJob:
             self._seed_cache()
         self._ready: list[tuple[Pending, Record, str]] = []
         fetcher = UrlFetcher(max_bytes=DEFAULT_MAX_BYTES, timeout_s=DEFAULT_TIMEOUT_S) if captioner.allow_urls else None
-        decode = _decode_with(Decoder.of(captioner.preprocessor, captioner.max_pixels, fetcher))
+        # the float32 pixels made on the decode threads too: the model's thread only copies them
+        decode = _decode_with(Decoder.of(captioner.preprocessor, captioner.max_pixels, fetcher, pixels=True))
         depth = max(2 * self.batch_size, 2 * self.workers)
         start = time.monotonic()
         decoded = decode_ahead(self._plan(), decode, self.workers, depth, self._stopping)
