@@ -118,3 +118,51 @@ def test_a_batch_is_written_into_the_buffer_it_is_given():
     buf = np.full((2, 3, 16, 16), np.nan, np.float32)
     out = pre.batch(images, out=buf)
     assert out is buf and np.array_equal(buf, pre.batch(images))
+
+
+def overlapping(random_ckpt) -> Captioner:
+    """A CPU Captioner that stages ahead on a helper thread as torch on CUDA does (the feed, minus the device)."""
+    cap = Captioner.load(random_ckpt, device="cpu", dtype="float32")
+    cap.backend.feed = PinnedFeed("cpu", torch.float32)
+    assert cap.overlaps_input
+    return cap
+
+
+def test_batches_staged_ahead_give_the_plain_tokens_in_order_with_errors_per_item(random_ckpt, tmp_path):
+    from blipcap import ImageError
+
+    from .test_captioner import colour_images
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = colour_images(7, seed=2)
+    images.insert(3, tmp_path / "notes.txt")
+    plain_cap = Captioner.load(random_ckpt, device="cpu", dtype="float32")
+    assert not plain_cap.overlaps_input and plain_cap.backend.feed is None
+    kw = dict(max_new_tokens=5, num_beams=2)
+    expected = plain_cap.caption(images, errors="return", batch_size=3, **kw)
+    cap = overlapping(random_ckpt)
+    got = cap.caption(images, errors="return", batch_size=3, **kw)  # batch N+1 staged during N
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    assert isinstance(got[3].error, ImageError) and [c.ok for c in got] == [c.ok for c in expected]
+    assert cap._stager is not None  # the helper thread made them
+    # stage() then caption(staged): one batch; a smaller batch_size re-batches the same images
+    staged = [cap.stage(images[i : i + 4]) for i in (0, 4)]  # both staged before either is captioned
+    assert len(staged[0]) == 4
+    got = [c for s in staged for c in cap.caption(s, errors="return", **kw)]
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    again = cap.caption(cap.stage(images[:4]), errors="return", batch_size=2, **kw)
+    assert [c.token_ids for c in again] == [c.token_ids for c in expected[:4]]
+    with pytest.raises(ImageError):
+        cap.caption(cap.stage(images[2:5]), **kw)  # errors="raise" still names the bad image
+    (only_bad,) = cap.caption(cap.stage([tmp_path / "notes.txt"]), errors="return")
+    assert isinstance(only_bad.error, ImageError)
+
+
+def test_staging_without_overlap_makes_the_pixels_at_once(random_ckpt):
+    from .test_captioner import colour_images
+
+    cap = Captioner.load(random_ckpt, device="cpu", dtype="float32")
+    staged = cap.stage(colour_images(2))
+    assert staged.pixels.done() and cap._stager is None  # no helper thread where nothing overlaps
+    assert [c.token_ids for c in cap.caption(staged, max_new_tokens=4)] == \
+        [c.token_ids for c in cap.caption(colour_images(2), max_new_tokens=4)]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ class PinnedFeed:
         self._next = 0
         self._largest = 0  # elements in the largest batch staged so far
         self._stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self._lock = threading.Lock()  # put() may run on a decode thread while the model thread runs
+        self._lock = threading.RLock()  # put() may run on a helper thread while the model's thread runs
         self.pinned = 0  # staging buffers allocated so far (tests: they are reused, not made per batch)
 
     @property
@@ -84,6 +84,14 @@ class PinnedFeed:
         n = int(np.prod(shape))
         with self._lock, torch.inference_mode():
             return self._slot(self._next, n)[:n].view(shape).numpy()
+
+    def fill(self, shape: tuple[int, ...], write: Callable[[np.ndarray], Any]) -> InFlight:
+        """``write(buffer)`` into the next staging slot (float32 ``shape``), then ``put`` it: one host
+        copy fewer than making the pixels elsewhere first; the slot is held by this thread throughout."""
+        with self._lock:
+            buffer = self.host(shape)
+            write(buffer)
+            return self.put(buffer)
 
     @torch.inference_mode()  # thread-local: the slots are inference tensors on every thread alike
     def put(self, pixels: np.ndarray) -> InFlight:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -162,14 +162,16 @@ class TorchBackend:
     # weights, 1 ~12% slower (BENCHMARKS.md).
     cpu_encode_chunk = 2
 
-    def pixel_buffer(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        """Where to write the next batch's float32 pixels: CUDA's pinned staging slot (no second
-        host copy), None elsewhere."""
-        return None if self.feed is None else self.feed.host(shape)
+    @property
+    def async_input(self) -> bool:
+        """Whether ``stage`` copies to the device asynchronously (CUDA), so staging ahead pays."""
+        return self.feed is not None
 
-    def stage(self, pixels: np.ndarray) -> np.ndarray | InFlight:
-        """Start moving pixels to the device ahead of ``encode`` (any thread; CUDA only, else as given)."""
-        return pixels if self.feed is None else self.feed.put(pixels)
+    def stage(self, shape: tuple[int, ...], fill: Callable[[np.ndarray | None], np.ndarray]) -> np.ndarray | InFlight:
+        """A batch's pixels for ``encode``: ``fill(out)`` writes them (float32 ``shape``) into ``out``,
+        on CUDA a pinned staging slot whose copy to the device then starts (any thread; feed.py);
+        elsewhere ``fill(None)`` makes them as before."""
+        return fill(None) if self.feed is None else self.feed.fill(shape, fill)
 
     @torch.inference_mode()
     def encode(self, pixels: np.ndarray | InFlight) -> torch.Tensor:
