@@ -85,3 +85,20 @@ def test_a_stop_request_finishes_the_batch_in_the_model_and_drops_the_staged_one
     assert len(rows(out)) == 4
     rest = BulkJob(paths, [JsonlSink(out)], batch_size=4).run(cap._cap)  # a re-run does the rest
     assert (rest.skipped, rest.captioned) == (4, 8) and sorted(rows(out)) == sorted(paths)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_job_writes_the_same_rows_with_the_feed_on_and_off(tiny_fixture, tmp_path):
+    folder = tmp_path / "photos"
+    expected = write_shapes(folder, 10, seed=8)
+    shutil.copy(sorted(expected)[0], folder / "twin.png")
+    paths = find_images([str(folder)])
+    cap = Captioner.load(tiny_fixture, device="cuda", dtype="float32")
+    assert cap.overlaps_input and cap.backend.feed is not None
+    on = BulkJob(paths, [JsonlSink(tmp_path / "on.jsonl")], batch_size=3, workers=2).run(cap)
+    assert cap.backend.feed.pinned_memory and cap._stager is not None
+    cap.backend.feed = None  # the plain synchronous copy, nothing staged ahead
+    off = BulkJob(paths, [JsonlSink(tmp_path / "off.jsonl")], batch_size=3, workers=2).run(cap)
+    assert (on.captioned, on.reused) == (off.captioned, off.reused) == (10, 1)
+    assert rows(tmp_path / "on.jsonl") == rows(tmp_path / "off.jsonl")
