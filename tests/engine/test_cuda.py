@@ -94,6 +94,9 @@ def test_the_feed_copies_on_its_own_stream_while_the_model_stream_is_busy():
     x = np.random.default_rng(0).standard_normal((8, 3, 64, 64), dtype=np.float32)
     model_stream = torch.cuda.current_stream()
     assert feed.stream is not None and feed.stream != model_stream
+    for _ in range(2):  # both slots pinned and device memory cached first: allocating may synchronise
+        feed(x)
+    torch.cuda.synchronize()
     torch.cuda._sleep(int(1e9))  # keeps the model's stream busy for a good fraction of a second
     staged = feed.put(x)
     feed.stream.synchronize()
