@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,8 @@ def overlap_ab(cap, parts: list[Path], decoder, tmp: Path, batch_size: int, work
     backend = cap.backend
     on = backend.feed if backend.feed is not None else PinnedFeed("cpu", backend.dtype)
     paths = [p for part in parts for p in find_images([str(part)])]
-    images = [decoder.file(p) for p in paths]
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # decoded beforehand, as in step 3
+        images = list(pool.map(decoder.file, paths))
     cap.caption(images, batch_size=batch_size)  # warm-up: graphs captured, kernels chosen
     times: dict[str, dict[str, list[float]]] = {"on": {"model": [], "job": []}, "off": {"model": [], "job": []}}
     for r in range(repeats):
