@@ -42,8 +42,7 @@ class Caption:
 
 @dataclass(eq=False)
 class Staged:
-    """One batch for ``Captioner.caption`` whose pixels are being made (and on CUDA copied to the
-    device) on a helper thread, while the model works on the batch before it: ``Captioner.stage``."""
+    """A batch for ``caption`` whose pixels are being made (and on CUDA copied) ahead: ``Captioner.stage``."""
 
     loaded: list  # each image as caption() takes it, or its ImageError
     pixels: Future  # -> the good images' pixels, as the backend's encode takes them (None: no good ones)
@@ -165,11 +164,10 @@ class Captioner:
         if staged and len(loaded) <= batch_size:
             return self._caption_batch(loaded, prompts, opts, staged.pixels)
         out: list[Caption] = []
-        starts = range(0, len(items), batch_size)
         # torch on CUDA: batch N+1's pixels are made and copied on the stager thread during batch N
         ahead = self.overlaps_input
         upcoming = self._stage_loaded(loaded[:batch_size]) if ahead else None
-        for start in starts:
+        for start in range(0, len(items), batch_size):
             pixels, end = upcoming, start + batch_size
             if ahead and end < len(items):
                 upcoming = self._stage_loaded(loaded[end : end + batch_size])
@@ -308,10 +306,12 @@ class Captioner:
     def _pixels(self, images: list) -> Any:
         """A batch's pixels as the backend's encode takes them; torch on CUDA: written into pinned
         memory and on their way to the device (backends/feed.py)."""
-        stage = getattr(self.backend, "stage", None)
-        if stage is None or not self.preprocessor.do_resize:
-            return self.preprocessor.batch(images)
-        return stage((len(images), 3, *self.preprocessor.size), lambda out: self.preprocessor.batch(images, out=out))
+        pre, stage = self.preprocessor, getattr(self.backend, "stage", None)
+        if stage is None or not pre.do_resize:
+            return pre.batch(images)
+        # out: the pinned staging slot; None: made as before (and by preprocessors that take no out)
+        return stage((len(images), 3, *pre.size),
+                     lambda out: pre.batch(images) if out is None else pre.batch(images, out=out))
 
     def _text(self, prompt_ids: list[int], tokens: list[int], keep_prompt: bool) -> str:
         if len(prompt_ids) == 1:

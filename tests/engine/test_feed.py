@@ -166,3 +166,16 @@ def test_staging_without_overlap_makes_the_pixels_at_once(random_ckpt):
     assert staged.pixels.done() and cap._stager is None  # no helper thread where nothing overlaps
     assert [c.token_ids for c in cap.caption(staged, max_new_tokens=4)] == \
         [c.token_ids for c in cap.caption(colour_images(2), max_new_tokens=4)]
+
+
+def test_the_bench_split_times_a_staged_pass(random_ckpt):
+    from blipcap import CaptionOptions
+    from blipcap.bench import time_caption_split
+
+    from .test_captioner import colour_images
+
+    images, opts = colour_images(5, seed=4), CaptionOptions(max_new_tokens=4)
+    plain_cap = Captioner.load(random_ckpt, device="cpu", dtype="float32")
+    _, _, _, expected = time_caption_split(plain_cap, images, opts, 2)
+    total, encode, pre, tokens = time_caption_split(overlapping(random_ckpt), images, opts, 2)
+    assert tokens == expected and 0 < pre < total and 0 < encode < total
