@@ -23,8 +23,9 @@ by folder, so that a shared machine's changing load weighs on both alike.
    (images decoded beforehand) and the folder job (``BulkJob`` into a JSONL file), each as images/s
    and the job's share of model only. On: pinned staging slots, the copy on its own stream and
    batch N+1 staged while batch N runs (backends/feed.py; torch on CUDA). Off: the plain
-   synchronous copy, nothing staged ahead. On the CPU "on" forces the same feed on, only to run
-   the code path (no device copy to overlap there).
+   synchronous copy, nothing staged ahead. In both the decode threads normalise the pixels too.
+   Also how fast the decode threads alone supply images. On the CPU "on" forces the same feed on,
+   only to run the code path (no device copy to overlap there).
 """
 
 from __future__ import annotations
@@ -102,8 +103,11 @@ def overlap_ab(cap, parts: list[Path], decoder, tmp: Path, batch_size: int, work
     backend = cap.backend
     on = backend.feed if backend.feed is not None else PinnedFeed("cpu", backend.dtype)
     paths = [p for part in parts for p in find_images([str(part)])]
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # decoded beforehand, as in step 3
+    threads = workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:  # decoded beforehand, as in step 3
         images = list(pool.map(decoder.file, paths))
+    decode_rate = len(paths) / (time.perf_counter() - t0)  # what the job's decode threads can supply
     cap.caption(images, batch_size=batch_size)  # warm-up: graphs captured, kernels chosen
     times: dict[str, dict[str, list[float]]] = {"on": {"model": [], "job": []}, "off": {"model": [], "job": []}}
     for r in range(repeats):
@@ -123,7 +127,7 @@ def overlap_ab(cap, parts: list[Path], decoder, tmp: Path, batch_size: int, work
         model_s, job_s = statistics.median(t["model"]), statistics.median(t["job"])
         out[mode] = {"model_only_images_per_s": n / model_s, "job_images_per_s": n / job_s,
                      "job_share_of_model_only": model_s / job_s, "model_only_s": t["model"], "job_s": t["job"]}
-    return {"images": n, "repeats": repeats, **out}
+    return {"images": n, "repeats": repeats, "decode_threads": threads, "decode_images_per_s": decode_rate, **out}
 
 
 def main() -> None:
@@ -220,6 +224,9 @@ def main() -> None:
             print(f"| {mode}: {label} | {r['model_only_images_per_s']:.2f} | {r['job_images_per_s']:.2f} | "
                   f"**{r['job_share_of_model_only']:.2f}** |")
         on, off = ab["on"], ab["off"]
+        bound = ab["decode_images_per_s"] < on["model_only_images_per_s"]
+        print(f"decoding alone on {ab['decode_threads']} threads: {ab['decode_images_per_s']:.1f} images/s"
+              + (": slower than model only, so the job is bound by decoding there, whatever the feed" if bound else ""))
         print(f"feed on / off: model only {on['model_only_images_per_s'] / off['model_only_images_per_s']:.2f}x, "
               f"folder job {on['job_images_per_s'] / off['job_images_per_s']:.2f}x; GPU JPEG decoding "
               f"(torchvision.io.decode_jpeg on cuda): not built, not measured")

@@ -165,7 +165,7 @@ class Captioner:
             return self._caption_batch(loaded, prompts, opts, staged.pixels)
         out: list[Caption] = []
         # torch on CUDA: batch N+1's pixels are made and copied on the stager thread during batch N
-        ahead = self.overlaps_input
+        ahead = self.overlaps_input and len(items) > batch_size
         upcoming = self._stage_loaded(loaded[:batch_size]) if ahead else None
         for start in range(0, len(items), batch_size):
             pixels, end = upcoming, start + batch_size
