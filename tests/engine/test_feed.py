@@ -179,3 +179,11 @@ def test_the_bench_split_times_a_staged_pass(random_ckpt):
     _, _, _, expected = time_caption_split(plain_cap, images, opts, 2)
     total, encode, pre, tokens = time_caption_split(overlapping(random_ckpt), images, opts, 2)
     assert tokens == expected and 0 < pre < total and 0 < encode < total
+
+
+def test_where_memory_cannot_be_pinned_the_slot_is_pageable_and_says_so():
+    feed = PinnedFeed("cpu", torch.float32)
+    feed.cuda = True  # ask for pinned slots; without CUDA, pinning fails as it would with no pinnable memory
+    with pytest.warns(RuntimeWarning, match="cannot pin"):
+        buf = feed.host((2, 3, 4, 4))
+    assert buf.shape == (2, 3, 4, 4) and feed.pinned == 1 and not feed.pinned_memory

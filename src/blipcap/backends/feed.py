@@ -20,6 +20,7 @@ tested on the CPU; the torch backend uses it on CUDA only and keeps its plain co
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -122,7 +123,12 @@ class PinnedFeed:
         if slot is None or slot.numel() < n:
             self._slots[i] = None  # drop the small one before pinning the larger
             # to the largest batch seen by any slot: a slot is re-pinned only when a batch beats that
-            slot = torch.empty(self._largest, dtype=torch.float32, pin_memory=self.cuda)
+            try:
+                slot = torch.empty(self._largest, dtype=torch.float32, pin_memory=self.cuda)
+            except RuntimeError as e:  # no page-locked memory to be had: pageable still copies right
+                warnings.warn(f"blipcap: cannot pin {4 * self._largest} bytes for pixels ({e}); copying "
+                              "from pageable memory", RuntimeWarning, stacklevel=2)
+                slot = torch.empty(self._largest, dtype=torch.float32)
             self._slots[i] = slot
             self.pinned += 1
         return slot
