@@ -80,7 +80,7 @@ def test_pixels_through_pinned_memory_give_the_plain_copy_tokens(random_ckpt, dt
     assert cap.backend.feed is not None
     kw = dict(batch_size=4, num_beams=3, max_new_tokens=10)
     fed = [c.token_ids for c in cap.caption(images, **kw)]
-    assert cap.backend.feed.pinned and cap.backend.feed.pinned_memory
+    assert cap.backend.feed.allocations and cap.backend.feed.pinned_memory
     cap.backend.feed = None  # the synchronous pageable copy of before
     assert fed == [c.token_ids for c in cap.caption(images, **kw)]
 

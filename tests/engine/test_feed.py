@@ -35,12 +35,12 @@ def test_a_staging_slot_grows_to_the_largest_batch_and_is_reused():
     per_image = 3 * 8 * 8
     for n in (2, 2, 2, 2):
         feed(pixels(n))
-    assert feed.pinned == 2 and feed.capacity() == [2 * per_image] * 2  # one per slot, then reused
+    assert feed.allocations == 2 and feed.capacity() == [2 * per_image] * 2  # one per slot, then reused
     feed(pixels(5))
-    assert feed.pinned == 3 and sorted(feed.capacity()) == [2 * per_image, 5 * per_image]
+    assert feed.allocations == 3 and sorted(feed.capacity()) == [2 * per_image, 5 * per_image]
     for n in (1, 5, 3, 5, 2):  # smaller or equal batches fit the slots there are
         feed(pixels(n))
-    assert feed.pinned == 4 and feed.capacity() == [5 * per_image] * 2
+    assert feed.allocations == 4 and feed.capacity() == [5 * per_image] * 2
 
 
 def test_batches_staged_ahead_come_out_in_order_and_unchanged_by_later_ones():
@@ -57,9 +57,9 @@ def test_pixels_written_into_the_host_buffer_are_not_copied_again():
     x = pixels(3, seed=7)
     buf = feed.host(x.shape)
     buf[...] = x
-    assert feed.pinned == 1
+    assert feed.allocations == 1
     assert torch.equal(feed(buf), plain(x, torch.float32))
-    assert feed.pinned == 1 and feed.capacity()[0] == x.size  # the same slot: filled in place
+    assert feed.allocations == 1 and feed.capacity()[0] == x.size  # the same slot: filled in place
     assert torch.equal(feed(pixels(3, seed=8)), plain(pixels(3, seed=8), torch.float32))
 
 
@@ -80,7 +80,7 @@ def test_captions_through_the_feed_equal_the_plain_path_with_errors_per_item(ran
     got = cap.caption(images, errors="return", batch_size=4, max_new_tokens=6)
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]
     assert [type(c.error) for c in got] == [type(c.error) for c in expected] and not got[2].ok
-    assert cap.backend.feed.pinned == 2  # two batches, two slots, each pinned once
+    assert cap.backend.feed.allocations == 2  # two batches, two slots, each pinned once
 
 
 def test_pixels_made_on_the_decode_thread_equal_the_preprocessors(random_ckpt):
@@ -186,4 +186,4 @@ def test_where_memory_cannot_be_pinned_the_slot_is_pageable_and_says_so():
     feed.cuda = True  # ask for pinned slots; without CUDA, pinning fails as it would with no pinnable memory
     with pytest.warns(RuntimeWarning, match="cannot pin"):
         buf = feed.host((2, 3, 4, 4))
-    assert buf.shape == (2, 3, 4, 4) and feed.pinned == 1 and not feed.pinned_memory
+    assert buf.shape == (2, 3, 4, 4) and feed.allocations == 1 and not feed.pinned_memory

@@ -60,7 +60,7 @@ class PinnedFeed:
         self._largest = 0  # elements in the largest batch staged so far
         self._stream = torch.cuda.Stream(self.device) if self.cuda else None
         self._lock = threading.RLock()  # put() may run on a helper thread while the model's thread runs
-        self.pinned = 0  # staging buffers allocated so far (tests: they are reused, not made per batch)
+        self.allocations = 0  # staging buffers allocated so far (tests: they are reused, not made per batch)
 
     @property
     def stream(self) -> Any:
@@ -130,5 +130,5 @@ class PinnedFeed:
                               "from pageable memory", RuntimeWarning, stacklevel=2)
                 slot = torch.empty(self._largest, dtype=torch.float32)
             self._slots[i] = slot
-            self.pinned += 1
+            self.allocations += 1
         return slot
