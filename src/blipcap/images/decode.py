@@ -4,8 +4,8 @@ the service.
 The bytes are read once: the sha256 and the decode come from the same bytes, and the stored size
 from the header the decode parsed. Large JPEGs are decoded at reduced scale (Pillow draft mode),
 then resized exactly as the model's :class:`Preprocessor` resizes, so a queued image costs about
-0.5 MB however large it came (2.2 MB
-with its float32 pixels made too), and the preprocessor does not resize it again.
+0.5 MB however large it came (2.2 MB with its float32 pixels made too: ``Decoder.of(..., pixels=True)``),
+and the preprocessor does not resize it again.
 """
 
 from __future__ import annotations
