@@ -102,3 +102,24 @@ def test_on_cuda_the_job_writes_the_same_rows_with_the_feed_on_and_off(tiny_fixt
     off = BulkJob(paths, [JsonlSink(tmp_path / "off.jsonl")], batch_size=3, workers=2).run(cap)
     assert (on.captioned, on.reused) == (off.captioned, off.reused) == (10, 1)
     assert rows(tmp_path / "on.jsonl") == rows(tmp_path / "off.jsonl")
+
+
+def test_the_next_batch_is_staged_before_the_model_starts_on_the_one_before_it(tiny_fixture, tmp_path):
+    folder = tmp_path / "photos"
+    write_shapes(folder, 7, seed=2)
+    paths = find_images([str(folder)])
+    calls: list[str] = []
+
+    class Recording(Calls):
+        def stage(self, images):
+            calls.append(f"stage {len(images)}")
+            return self._cap.stage(images)
+
+        def caption(self, images, *args, **kwargs):
+            calls.append(f"caption {len(images)}")
+            return super().caption(images, *args, **kwargs)
+
+    cap = Recording(Captioner.load(tiny_fixture, device="cpu", dtype="float32"))
+    cap.backend.feed = PinnedFeed("cpu", torch.float32)
+    BulkJob(paths, [JsonlSink(tmp_path / "o.jsonl")], batch_size=3, workers=2).run(cap)
+    assert calls == ["stage 3", "stage 3", "caption 3", "stage 1", "caption 3", "caption 1"]
