@@ -18,6 +18,14 @@ in one run: does the folder job hide image decoding and writing behind the model
    file to last row written: what the model-only figure is compared with).
 With ``--rounds R`` the images are split into R folders and the two measurements alternate folder
 by folder, so that a shared machine's changing load weighs on both alike.
+5. With ``--overlap``: the input feed on and off, in this process, warm (one untimed pass first, so
+   CUDA graphs are captured), alternating ``--ab-repeats`` times over all the images: model only
+   (images decoded beforehand) and the folder job (``BulkJob`` into a JSONL file), each as images/s
+   and the job's share of model only. On: pinned staging slots, the copy on its own stream and
+   batch N+1 staged while batch N runs (backends/feed.py; torch on CUDA). Off: the plain
+   synchronous copy, nothing staged ahead. In both the decode threads normalise the pixels too.
+   Also how fast the decode threads alone supply images. On the CPU "on" forces the same feed on,
+   only to run the code path (no device copy to overlap there).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +47,8 @@ from blipcap import Captioner
 from blipcap.bench import machine
 from blipcap.images import Decoder
 from blipcap.jobs.discover import find_images
+from blipcap.jobs.local import BulkJob
+from blipcap.outputs.tables import JsonlSink
 from tests.helpers.summary import parse_line
 from blipcap.random_checkpoint import build_random_checkpoint
 
@@ -81,6 +91,45 @@ def run_job(folder: Path, out: Path, ckpt: Path, args) -> tuple[float, float, li
     return seconds, wall, rows
 
 
+def overlap_ab(cap, parts: list[Path], decoder, tmp: Path, batch_size: int, workers: int | None,
+               repeats: int) -> dict:
+    """Model only and the folder job, in this process and warm, with the input feed on and off
+    (see the module docstring); medians of ``repeats`` alternating passes."""
+    import statistics
+
+    import torch
+    from blipcap.backends.feed import PinnedFeed
+
+    backend = cap.backend
+    on = backend.feed if backend.feed is not None else PinnedFeed("cpu", backend.dtype)
+    paths = [p for part in parts for p in find_images([str(part)])]
+    threads = workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:  # decoded beforehand, as in step 3
+        images = list(pool.map(decoder.file, paths))
+    decode_rate = len(paths) / (time.perf_counter() - t0)  # what the job's decode threads can supply
+    cap.caption(images, batch_size=batch_size)  # warm-up: graphs captured, kernels chosen
+    times: dict[str, dict[str, list[float]]] = {"on": {"model": [], "job": []}, "off": {"model": [], "job": []}}
+    for r in range(repeats):
+        for mode in ("on", "off"):
+            backend.feed = on if mode == "on" else None
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            cap.caption(images, batch_size=batch_size)
+            times[mode]["model"].append(time.perf_counter() - t0)
+            job = BulkJob(paths, [JsonlSink(tmp / f"ab-{mode}-{r}.jsonl")], batch_size=batch_size, workers=workers)
+            times[mode]["job"].append(job.run(cap).seconds)
+    backend.feed = on if backend.device.type == "cuda" else None
+    n = len(paths)
+    out = {}
+    for mode, t in times.items():
+        model_s, job_s = statistics.median(t["model"]), statistics.median(t["job"])
+        out[mode] = {"model_only_images_per_s": n / model_s, "job_images_per_s": n / job_s,
+                     "job_share_of_model_only": model_s / job_s, "model_only_s": t["model"], "job_s": t["job"]}
+    return {"images": n, "repeats": repeats, "decode_threads": threads, "decode_images_per_s": decode_rate, **out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=200)
@@ -93,6 +142,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--workers", type=int, help="the job's decoding threads (default: the CLI's own default)")
     ap.add_argument("--dir", type=Path, help="keep the generated JPEGs here (reused when present)")
+    ap.add_argument("--overlap", action="store_true",
+                    help="also the input feed on vs off, in this process and warm (module docstring, 5.)")
+    ap.add_argument("--ab-repeats", type=int, default=2, help="alternating passes of --overlap's A/B")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     per_round = args.images // args.rounds
@@ -107,7 +159,7 @@ def main() -> None:
         gen_s = time.perf_counter() - t0
         ckpt = build_random_checkpoint(tmp / "ckpt", args.shape)
         cap = Captioner.load(ckpt, device=args.device, dtype=args.dtype)
-        decoder = Decoder.of(cap.preprocessor, cap.max_pixels)  # the folder job's own decoding
+        decoder = Decoder.of(cap.preprocessor, cap.max_pixels, pixels=True)  # the folder job's own decoding
 
         n = model_s = job_s = wall_s = decode_s = 0.0
         same, rounds, sizes = 0, [], []
@@ -128,6 +180,7 @@ def main() -> None:
             same += sum(by_path[p] == c.text for p, c in zip(paths, caps))
             n, model_s, job_s, wall_s = n + len(paths), model_s + m_s, job_s + j_s, wall_s + w_s
             rounds.append({"images": len(paths), "model_only_s": m_s, "job_s": j_s, "ratio": m_s / j_s})
+        ab = overlap_ab(cap, parts, decoder, tmp, args.batch_size, args.workers, args.ab_repeats) if args.overlap else None
 
     n = int(n)
     mb = sum(sizes) / len(sizes) / 1e6
@@ -141,6 +194,8 @@ def main() -> None:
                    f"--device {args.device} --dtype {args.dtype}" + (f" --workers {args.workers}" if args.workers else ""),
         **machine(), "date": time.strftime("%Y-%m-%d"),
     }
+    if ab is not None:
+        result["overlap_ab"] = ab
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -155,8 +210,26 @@ def main() -> None:
     print(f"| the same, wall clock (process start and model load included) | {wall_s:.1f} | {n / wall_s:.3f} | "
           f"{model_s / wall_s:.2f} |")
     print("per round (model only / job): " + ", ".join(f"{r['ratio']:.2f}" for r in rounds))
-    print(f"decode + resize alone, one thread: {1000 * decode_s / n:.0f} ms per image; "
+    print(f"decode + resize + normalise alone, one thread: {1000 * decode_s / n:.0f} ms per image; "
           f"identical captions in both runs: {same}/{n}")
+    if ab is not None:
+        cpu_note = "" if args.device.startswith("cuda") else " (CPU: the feed forced on, code path only)"
+        print(f"\ninput feed on vs off{cpu_note}: in-process, warm, {ab['images']} images, median of "
+              f"{ab['repeats']} alternating passes; target (issue 17): the job >= 0.90 of model only")
+        print("| input feed | model only images / s | folder job images / s | job / model only |")
+        print("| --- | --- | --- | --- |")
+        for mode, label in (("on", "pinned, own copy stream, next batch staged ahead"),
+                            ("off", "plain synchronous copy, nothing staged")):
+            r = ab[mode]
+            print(f"| {mode}: {label} | {r['model_only_images_per_s']:.2f} | {r['job_images_per_s']:.2f} | "
+                  f"**{r['job_share_of_model_only']:.2f}** |")
+        on, off = ab["on"], ab["off"]
+        bound = ab["decode_images_per_s"] < on["model_only_images_per_s"]
+        print(f"decoding alone on {ab['decode_threads']} threads: {ab['decode_images_per_s']:.1f} images/s"
+              + (": slower than model only, so the job is bound by decoding there, whatever the feed" if bound else ""))
+        print(f"feed on / off: model only {on['model_only_images_per_s'] / off['model_only_images_per_s']:.2f}x, "
+              f"folder job {on['job_images_per_s'] / off['job_images_per_s']:.2f}x; GPU JPEG decoding "
+              f"(torchvision.io.decode_jpeg on cuda): not built, not measured")
 
 
 if __name__ == "__main__":

@@ -132,9 +132,9 @@ class _TimedPreprocess:
     def __getattr__(self, name):
         return getattr(self.pre, name)
 
-    def batch(self, images):
+    def batch(self, images, out=None):
         t0 = time.perf_counter()
-        out = self.pre.batch(images)
+        out = self.pre.batch(images, out=out)
         self.seconds += time.perf_counter() - t0
         return out
 

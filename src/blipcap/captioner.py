@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -37,6 +38,17 @@ class Caption:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(eq=False)
+class Staged:
+    """A batch for ``caption`` whose pixels are being made (and on CUDA copied) ahead: ``Captioner.stage``."""
+
+    loaded: list  # each image as caption() takes it, or its ImageError
+    pixels: Future  # -> the good images' pixels, as the backend's encode takes them (None: no good ones)
+
+    def __len__(self) -> int:
+        return len(self.loaded)
 
 
 def _defaults_from_checkpoint(model_dir: Path, config: dict) -> CaptionOptions:
@@ -87,6 +99,7 @@ class Captioner:
         self.defaults = defaults
         self.model_id, self.revision = model_id, revision
         self.max_pixels, self.allow_urls = max_pixels, allow_urls
+        self._stager: ThreadPoolExecutor | None = None  # makes staged batches' pixels (stage())
 
     @classmethod
     def load(cls, model: str | os.PathLike | ModelSpec = DEFAULT_MODEL, *, device: str = "auto",
@@ -143,21 +156,55 @@ class Captioner:
         errors="return" gives that image a Caption with `.error` set and captions the rest.
         `prompt=` may be one string for all images or a list with one (or None) per image.
         """
-        items = image_list(images)
+        staged = images if isinstance(images, Staged) else None
+        items = staged.loaded if staged else image_list(images)
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         _check_batch_size(batch_size)
         prompts, opts = self._options(options, overrides, len(items))
         batch_size = self._batch_size(batch_size, opts)
-        loaded = [self._prepare_image(item) for item in items]
+        loaded = items if staged else [self._prepare_image(item) for item in items]
         if errors == "raise":
             for item in loaded:
                 if isinstance(item, ImageError):
                     raise item
+        if staged and len(loaded) <= batch_size:
+            return self._caption_batch(loaded, prompts, opts, staged.pixels)
         out: list[Caption] = []
+        # torch on CUDA: batch N+1's pixels are made and copied on the stager thread during batch N
+        ahead = self.overlaps_input and len(items) > batch_size
+        upcoming = self._stage_loaded(loaded[:batch_size]) if ahead else None
         for start in range(0, len(items), batch_size):
-            out.extend(self._caption_batch(loaded[start : start + batch_size], prompts[start : start + batch_size], opts))
+            pixels, end = upcoming, start + batch_size
+            if ahead and end < len(items):
+                upcoming = self._stage_loaded(loaded[end : end + batch_size])
+            out.extend(self._caption_batch(loaded[start:end], prompts[start:end], opts, pixels))
         return out
+
+    @property
+    def overlaps_input(self) -> bool:
+        """Whether a batch staged ahead (``stage``) is prepared while the model runs: torch on CUDA."""
+        return bool(getattr(self.backend, "async_input", False))
+
+    def stage(self, images: Any) -> Staged:
+        """Start making one batch's pixels, and on CUDA copying them to the device, on a helper
+        thread (at once, on this thread, where that would not overlap the model); then
+        ``caption(staged, ...)`` captions them as one batch. Stage batch N+1 before captioning batch
+        N and its preparation overlaps the model's work on N (the folder job does this on CUDA)."""
+        loaded = [self._prepare_image(item) for item in image_list(images)]
+        return Staged(loaded, self._stage_loaded(loaded))
+
+    def _stage_loaded(self, loaded: list) -> Future:
+        good = [item for item in loaded if not isinstance(item, ImageError)]
+        if good and self.overlaps_input:
+            self._stager = self._stager or ThreadPoolExecutor(1, thread_name_prefix="blipcap-stage")
+            return self._stager.submit(self._pixels, good)
+        done: Future = Future()
+        try:
+            done.set_result(self._pixels(good) if good else None)
+        except Exception as e:  # raised where the batch is captioned, as without staging
+            done.set_exception(e)
+        return done
 
     def caption_stream(self, images: Iterable[Any], options: CaptionOptions | None = None, *,
                        batch_size: int | str = 8, **overrides: Any) -> Iterator[Caption]:
@@ -242,12 +289,13 @@ class Captioner:
             banned_ids=tuple(sorted(banned)), banned_sequences=tuple(sequences),
         )
 
-    def _caption_batch(self, loaded: list, prompts: Sequence[str | None], opts: CaptionOptions) -> list[Caption]:
+    def _caption_batch(self, loaded: list, prompts: Sequence[str | None], opts: CaptionOptions,
+                       staged: Future | None = None) -> list[Caption]:
         good = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         out: list[Caption] = [Caption("", error=item) if isinstance(item, ImageError) else None for item in loaded]
         if not good:
             return out
-        pixels = self.preprocessor.batch([loaded[i] for i in good])
+        pixels = staged.result() if staged is not None else self._pixels([loaded[i] for i in good])
         prompt_ids = [self.codec.prompt_ids(prompts[i]) for i in good]
         group = rows_per_image(opts)
         ids, valid = pad_prompt_rows(prompt_ids, group, self.codec.pad_id)
@@ -261,6 +309,16 @@ class Captioner:
             caps[0].alternatives = caps[1:]
             out[i] = caps[0]
         return out
+
+    def _pixels(self, images: list) -> Any:
+        """A batch's pixels as the backend's encode takes them; torch on CUDA: written into pinned
+        memory and on their way to the device (backends/feed.py)."""
+        pre, stage = self.preprocessor, getattr(self.backend, "stage", None)
+        if stage is None or not pre.do_resize:
+            return pre.batch(images)
+        # out: the pinned staging slot; None: made as before (and by preprocessors that take no out)
+        return stage((len(images), 3, *pre.size),
+                     lambda out: pre.batch(images) if out is None else pre.batch(images, out=out))
 
     def _text(self, prompt_ids: list[int], tokens: list[int], keep_prompt: bool) -> str:
         if len(prompt_ids) == 1:

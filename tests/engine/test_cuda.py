@@ -69,3 +69,40 @@ def test_cuda_graphs_give_the_eager_tokens(eos_ckpt, dtype):
             if dtype == "float32":
                 assert got == [c.token_ids for c in dynamic.caption(images, batch_size=4, **kw)], kw
     assert any(bucket.graphs for bucket in graphs.backend.buckets)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_pixels_through_pinned_memory_give_the_plain_copy_tokens(random_ckpt, dtype):
+    from .test_captioner import colour_images
+
+    images = colour_images(6, seed=5)
+    cap = Captioner.load(random_ckpt, device="cuda", dtype=dtype)
+    assert cap.backend.feed is not None
+    kw = dict(batch_size=4, num_beams=3, max_new_tokens=10)
+    fed = [c.token_ids for c in cap.caption(images, **kw)]
+    assert cap.backend.feed.allocations and cap.backend.feed.pinned_memory
+    cap.backend.feed = None  # the synchronous pageable copy of before
+    assert fed == [c.token_ids for c in cap.caption(images, **kw)]
+
+
+def test_the_feed_copies_on_its_own_stream_while_the_model_stream_is_busy():
+    import numpy as np
+
+    from blipcap.backends.feed import PinnedFeed
+
+    feed = PinnedFeed("cuda", torch.float16)
+    x = np.random.default_rng(0).standard_normal((8, 3, 64, 64), dtype=np.float32)
+    model_stream = torch.cuda.current_stream()
+    assert feed.stream is not None and feed.stream != model_stream
+    for _ in range(2):  # both slots pinned and device memory cached first: allocating may synchronise
+        feed(x)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(1e9))  # keeps the model's stream busy for a good fraction of a second
+    staged = feed.put(x)
+    feed.stream.synchronize()
+    # the copy is done while the model's stream still runs: it did not queue behind the model
+    assert staged.copied.query() and not model_stream.query()
+    out = staged.get()  # ordered after the copy on the model's stream
+    torch.cuda.synchronize()
+    assert out.dtype == torch.float16 and torch.equal(out.cpu(), torch.from_numpy(x).half())
+    assert feed.pinned_memory

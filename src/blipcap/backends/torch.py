@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ import torch
 from ..arrays import TorchOps
 from ..checkpoint import ModelDims, load_state_dict
 from .cpu_pack import pack_linears, packing_available
+from .feed import InFlight, PinnedFeed
 from .nn import BlipCaptioner
 from .static import BucketPool, StaticSession
 
@@ -148,6 +149,8 @@ class TorchBackend:
         self.cuda_graphs = device.type == "cuda" and cuda_graphs is not False
         self.static_step = self.cuda_graphs
         self.buckets = BucketPool()
+        # CUDA: pixels go through pinned staging slots and a copy stream (feed.py); None: the plain copy
+        self.feed = PinnedFeed(device, dtype) if device.type == "cuda" else None
 
     @classmethod
     def load(cls, model_dir: str | Path, dims: ModelDims, device: str = "auto", dtype: str = "auto",
@@ -174,10 +177,27 @@ class TorchBackend:
     # weights, 1 ~12% slower (BENCHMARKS.md).
     cpu_encode_chunk = 2
 
+    @property
+    def async_input(self) -> bool:
+        """Whether ``stage`` copies to the device asynchronously (CUDA), so staging ahead pays."""
+        return self.feed is not None
+
+    def stage(self, shape: tuple[int, ...], fill: Callable[[np.ndarray | None], np.ndarray]) -> np.ndarray | InFlight:
+        """A batch's pixels for ``encode``: ``fill(out)`` writes them (float32 ``shape``) into ``out``,
+        on CUDA a pinned staging slot whose copy to the device then starts (any thread; feed.py);
+        elsewhere ``fill(None)`` makes them as before."""
+        return fill(None) if self.feed is None else self.feed.fill(shape, fill)
+
     @torch.inference_mode()
-    def encode(self, pixels: np.ndarray) -> torch.Tensor:
-        """(B, 3, H, W) float32 pixels -> image memory: cross-attention K/V for every decoder layer."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+    def encode(self, pixels: np.ndarray | InFlight) -> torch.Tensor:
+        """(B, 3, H, W) float32 pixels (or what ``stage`` made of them) -> image memory:
+        cross-attention K/V for every decoder layer."""
+        if isinstance(pixels, InFlight):
+            x = pixels.get()
+        elif self.feed is not None:
+            x = self.feed(pixels)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         chunk = self.cpu_encode_chunk if self.device.type == "cpu" else x.shape[0]
         d = self.dims
         v, t = d.vision, d.text

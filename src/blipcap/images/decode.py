@@ -4,11 +4,13 @@ the service.
 The bytes are read once: the sha256 and the decode come from the same bytes, and the stored size
 from the header the decode parsed. Large JPEGs are decoded at reduced scale (Pillow draft mode),
 then resized exactly as the model's :class:`Preprocessor` resizes, so a queued image costs about
-0.5 MB however large it came, and the preprocessor does not touch it again.
+0.5 MB however large it came (2.2 MB with its float32 pixels made too: ``Decoder.of(..., pixels=True)``),
+and the preprocessor does not resize it again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -52,10 +54,15 @@ class Decoder:
     do_resize: bool
     max_pixels: int | None  # refused above this, judged from the header
     fetcher: UrlFetcher | None = None  # None: URLs are refused
+    normalise_with: Preprocessor | None = None  # also make the float32 model input (Decoded.pixels)
 
     @classmethod
-    def of(cls, preprocessor: Preprocessor, max_pixels: int | None, fetcher: UrlFetcher | None = None) -> Decoder:
-        return cls(preprocessor.size, preprocessor.resample, preprocessor.do_resize, max_pixels, fetcher)
+    def of(cls, preprocessor: Preprocessor, max_pixels: int | None, fetcher: UrlFetcher | None = None, *,
+           pixels: bool = False) -> Decoder:
+        """``pixels``: normalise on the decoding thread too (4x the memory per queued image: the
+        folder job, where the model's thread then only copies each image into its batch)."""
+        return cls(preprocessor.size, preprocessor.resample, preprocessor.do_resize, max_pixels, fetcher,
+                   preprocessor if pixels else None)
 
     def file(self, path: str) -> Decoded:
         """A regular file, read once (see :func:`read_file`)."""
@@ -77,5 +84,8 @@ class Decoder:
         if self.do_resize and image.size != (width_in, height_in):
             image = image.resize((width_in, height_in), self.resample)
         # read_image dropped the orientation tag it applied, so nothing turns this image again
-        return Decoded(image, digest, width, height)
+        decoded = Decoded(image, digest, width, height)
+        if self.normalise_with is None:
+            return decoded
+        return dataclasses.replace(decoded, pixels=self.normalise_with(decoded), made_by=self.normalise_with)
 

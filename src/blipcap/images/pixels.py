@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,10 @@ class Decoded:
     sha256: str | None  # of the bytes it was decoded from
     width: int  # as stored (upright), before draft decoding and resizing
     height: int
+    # float32 (3, H, W) model input made from ``image`` by ``made_by`` on the decode thread, so that the
+    # model's thread only copies it into the batch (None: the preprocessor makes it there)
+    pixels: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    made_by: Preprocessor | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def to_rgb(image: Image.Image, name: str) -> Image.Image:
@@ -160,17 +165,24 @@ class Preprocessor:
         """One image -> C-contiguous float32 ``(3, H, W)``."""
         return self._fill(image, None)
 
-    def batch(self, images: list[Image.Image | Decoded]) -> np.ndarray:
-        """Images -> float32 ``(N, 3, H, W)``, written in place without per-image temporaries."""
+    def batch(self, images: list[Image.Image | Decoded], out: np.ndarray | None = None) -> np.ndarray:
+        """Images -> float32 ``(N, 3, H, W)``, written in place without per-image temporaries: into
+        ``out`` when given (a backend's pinned staging buffer), unless ``do_resize`` is off."""
         if not self.do_resize and images:  # sizes may differ: np.stack says so if they do
             return np.stack([self._fill(image, None) for image in images])
-        out = np.empty((len(images), 3, *self.size), np.float32)
+        if out is None:
+            out = np.empty((len(images), 3, *self.size), np.float32)
         for image, row in zip(images, out, strict=True):
             self._fill(image, row)
         return out
 
     def _fill(self, image: Image.Image | Decoded, out: np.ndarray | None) -> np.ndarray:
         if isinstance(image, Decoded):
+            if image.pixels is not None and (image.made_by is self or image.made_by == self):
+                if out is None:
+                    return image.pixels.copy()
+                np.copyto(out, image.pixels)
+                return out
             image = image.image  # RGB already, and at self.size unless decoded for another model
         else:
             image = to_rgb(image, f"<PIL image {image.mode} {image.width}x{image.height}>")

@@ -3,7 +3,8 @@
     paths (discover.py) -> plan: which sinks still want each image (--existing skip: none -> skipped)
       -> decode pool: worker threads read, hash (sha256) and decode each file, JPEGs at reduced
          scale (Pillow draft) when far larger than the model input, and resize it to the model
-         input exactly as the preprocessor would; at most ``depth`` images wait in the queue
+         input exactly as the preprocessor would, then normalise it to float32 (so the model's
+         thread only copies pixels into a batch); at most ``depth`` images wait in the queue
       -> main thread: identical bytes (sha256) reuse a caption; the rest is batched to the model
       -> sinks (sinks.py, index.py), once per batch; failures -> the error log or stderr
 
@@ -124,7 +125,8 @@ class BulkJob:
             self._seed_cache()
         self._ready: list[tuple[Pending, Record, str]] = []
         fetcher = UrlFetcher(max_bytes=DEFAULT_MAX_BYTES, timeout_s=DEFAULT_TIMEOUT_S) if captioner.allow_urls else None
-        decode = _decode_with(Decoder.of(captioner.preprocessor, captioner.max_pixels, fetcher))
+        # the float32 pixels made on the decode threads too: the model's thread only copies them
+        decode = _decode_with(Decoder.of(captioner.preprocessor, captioner.max_pixels, fetcher, pixels=True))
         depth = max(2 * self.batch_size, 2 * self.workers)
         start = time.monotonic()
         decoded = decode_ahead(self._plan(), decode, self.workers, depth, self._stopping)
@@ -203,6 +205,11 @@ class BulkJob:
             yield item
 
     def _loop(self, decoded: Iterator[Pending]) -> None:
+        # torch on CUDA: a full batch is staged (its pixels made and copied to the device on a helper
+        # thread) and captioned once the next one is full, so that its preparation overlaps the
+        # model's work on the batch before it (Captioner.stage)
+        ahead = getattr(self.cap, "overlaps_input", False)
+        staged: tuple | None = None  # (batch, waiting, Staged): full and staged, not yet captioned
         batch: list[Pending] = []
         waiting: dict[str, list[Pending]] = {}  # sha256 in the batch -> its duplicates
         for item in decoded:
@@ -214,22 +221,34 @@ class BulkJob:
                 self._emit(item, *self.cache[item.sha256], "reused")
             elif item.sha256 in waiting:
                 waiting[item.sha256].append(item)
+            elif staged and item.sha256 in staged[1]:
+                staged[1][item.sha256].append(item)  # a twin of an image in the staged batch
             else:
                 waiting[item.sha256] = []
                 batch.append(item)
                 if len(batch) >= self.batch_size:
-                    self._caption(batch, waiting)
+                    if ahead:
+                        staged, previous = (batch, waiting, self.cap.stage([i.image for i in batch])), staged
+                        if previous:
+                            self._caption(*previous)
+                    else:
+                        self._caption(batch, waiting)
                     batch, waiting = [], {}
             if len(self._ready) >= 4 * self.batch_size:
                 self._flush()
-        if batch and not self._stopping():
-            self._caption(batch, waiting)
+        last = [staged] if staged else []
+        if batch:
+            last.append((batch, waiting, self.cap.stage([i.image for i in batch]) if ahead else None))
+        for entry in last:
+            if self._stopping():
+                return
+            self._caption(*entry)
 
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.signum is not None
 
-    def _caption(self, batch: list[Pending], waiting: dict[str, list[Pending]]) -> None:
-        images = [item.image for item in batch]
+    def _caption(self, batch: list[Pending], waiting: dict[str, list[Pending]], staged=None) -> None:
+        images = staged if staged is not None else [item.image for item in batch]
         with self.stop.model_running() if self.stop else contextlib.nullcontext():
             results = self.cap.caption(images, self.opts, errors="return", batch_size=len(images))
         for item, result in zip(batch, results):
