@@ -115,9 +115,8 @@ class Captioner:
         backend: "torch", "onnx", or "auto" (ONNX Runtime for an export directory, else PyTorch).
         providers/threads: ONNX Runtime execution providers and intra-op threads (onnx backend).
         cuda_graphs: torch on CUDA, replay each decoder step as a captured CUDA graph (None: yes).
-        image_kv_dtype: torch, the type the image keys/values are kept in for decoding ("auto": the
-        model's dtype, token-identical to transformers; "bfloat16" halves their memory, and on the CPU the
-        cross-attention products run in bf16: not token-identical, see BENCHMARKS.md).
+        image_kv_dtype: torch, the image keys/values' type ("auto": the model's, token-identical to
+        transformers; "float16"/"bfloat16" halve their memory, not token-identical: BENCHMARKS.md).
         """
         given = dict(device=device, dtype=dtype, backend=backend, revision=revision, cache_dir=cache_dir,
                      local_files_only=local_files_only, providers=providers, threads=threads,
