@@ -5,7 +5,8 @@
     cap("photo.jpg")  # -> "a dog running on the beach"
 """
 
-from .captioner import Caption, Captioner, pipeline
+from .captioner import Caption, Captioner
+from .pipeline import pipeline
 from .options import CaptionOptions, OptionsError
 from .spec import ModelSpec
 from .hub import ModelNotAvailableError

@@ -1,4 +1,4 @@
-"""Captioner: load a checkpoint, caption images; and the transformers-style pipeline().
+"""Captioner: load a checkpoint, caption images (pipeline.py wraps it the transformers way).
 
 Owns the glue of the flow in DESIGN.md: images -> pixels -> backend.encode -> search -> text, in
 batches, with per-item errors that never fail the rest of a batch.
@@ -336,27 +336,3 @@ def _check_batch_size(batch_size: Any) -> None:
         return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
-
-
-def pipeline(model: str | os.PathLike = DEFAULT_MODEL, task: str = "image-to-text", **load_kwargs: Any):
-    """A transformers-style callable: pipe(image_or_list, **options) -> [{"generated_text": ...}]."""
-    if task not in ("image-to-text", "image-text-to-text"):
-        raise ValueError(f"blipcap.pipeline supports task 'image-to-text', not {task!r}")
-    if "model" in load_kwargs:
-        model = load_kwargs.pop("model")
-    captioner = Captioner.load(model, **load_kwargs)
-
-    def pipe(images: Any, prompt: str | None = None, generate_kwargs: dict | None = None,
-             max_new_tokens: int | None = None, **kwargs: Any):
-        overrides = {**(generate_kwargs or {}), **kwargs}
-        if max_new_tokens is not None:
-            overrides["max_new_tokens"] = max_new_tokens
-        if prompt is not None:
-            overrides["prompt"] = prompt
-        single = not isinstance(images, (list, tuple))
-        caps = captioner.caption(images, **overrides)
-        rows = [[{"generated_text": c.text}] + [{"generated_text": a.text} for a in c.alternatives] for c in caps]
-        return rows[0] if single else rows
-
-    pipe.captioner = captioner  # type: ignore[attr-defined]
-    return pipe

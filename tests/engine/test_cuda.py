@@ -106,3 +106,21 @@ def test_the_feed_copies_on_its_own_stream_while_the_model_stream_is_busy():
     torch.cuda.synchronize()
     assert out.dtype == torch.float16 and torch.equal(out.cpu(), torch.from_numpy(x).half())
     assert feed.pinned_memory
+
+
+@pytest.mark.parametrize("dtype,image_kv", [("float32", "float16"), ("float32", "bfloat16"), ("bfloat16", "float32")])
+def test_image_kv_dtype_on_cuda_captions_the_fixture_right_with_and_without_graphs(tiny_fixture, dtype, image_kv):
+    import numpy as np
+
+    from tests.helpers.shapes import caption_for, make_image
+
+    rng = np.random.default_rng(1)
+    combos = [("red", "circle", "left"), ("blue", "square", "top"), ("green", "triangle", "bottom")]
+    images = [make_image(*c, rng=rng) for c in combos]
+    graphs = Captioner.load(tiny_fixture, device="cuda", dtype=dtype, image_kv_dtype=image_kv)
+    eager = Captioner.load(tiny_fixture, device="cuda", dtype=dtype, image_kv_dtype=image_kv, cuda_graphs=False)
+    assert graphs.backend.encode(graphs.preprocessor.batch(images)).dtype == getattr(torch, image_kv)
+    for _ in range(3):  # eager first, then captured, then replayed
+        got = graphs.caption(images, num_beams=3, batch_size=3)
+        assert [c.text for c in got] == [caption_for(*c) for c in combos]
+        assert [c.token_ids for c in got] == [c.token_ids for c in eager.caption(images, num_beams=3, batch_size=3)]
