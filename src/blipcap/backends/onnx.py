@@ -11,7 +11,6 @@ arrays ONNX Runtime reads in place), cache keys transposed as the graph multipli
 from __future__ import annotations
 
 import os
-import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -101,33 +100,6 @@ class OnnxSession(NumpySession):
         self.values = np.take(self.values, rows, axis=1)
 
 
-class _Buffers:
-    """One set of image-memory arrays kept from batch to batch. New arrays for every batch cost more
-    than the encoder's copy into them: each of their pages is faulted in afresh (the large int8 encoder
-    on 8 images: 0.45 -> 0.37 s/image with the arrays reused, BENCHMARKS.md). A set is handed out
-    again, as views of its first rows, only once every array handed out before is gone; while they
-    are held (a session still decoding, a caller keeping them) a batch gets new arrays, not kept.
-    numpy has no pool of this kind (its allocator returns large blocks to the OS at once)."""
-
-    def __init__(self) -> None:
-        self.arrays: list[np.ndarray] = []
-        self.lent: list[weakref.ref] = []
-
-    def take(self, like: list[np.ndarray], n: int) -> list[np.ndarray]:
-        """Arrays of n rows shaped and typed as `like`'s rows."""
-        if any(ref() is not None for ref in self.lent):
-            return [np.empty((n,) + a.shape[1:], a.dtype) for a in like]
-        fits = len(self.arrays) == len(like) and all(
-            mine.shape[0] >= n and mine.shape[1:] == a.shape[1:] and mine.dtype == a.dtype
-            for mine, a in zip(self.arrays, like))
-        if not fits:
-            self.arrays = []  # the old set goes before the new one is made
-            self.arrays = [np.empty((n,) + a.shape[1:], a.dtype) for a in like]
-        views = [mine[:n] for mine in self.arrays]
-        self.lent = [weakref.ref(view) for view in views]
-        return views
-
-
 class OnnxBackend:
     name = "onnx"
 
@@ -139,7 +111,6 @@ class OnnxBackend:
         self.on_cpu = encoder.get_providers()[0] == "CPUExecutionProvider"
         # fp16 graphs keep float32 inputs and outputs (keep_io_types), so the cache stays float32
         self.cache_dtype = np.float32
-        self._buffers = _Buffers()
 
     @classmethod
     def load(cls, model_dir: str | Path, dims: ModelDims, *, providers: Sequence[str] | None = None,
@@ -177,14 +148,13 @@ class OnnxBackend:
 
     def encode(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """(B, 3, H, W) pixels -> image memory: each decoder layer's image keys and values,
-        by the decoder graph's input names. On the CPU provider the arrays are views of buffers
-        kept for the next batch (`_Buffers`): valid while held, as any result is."""
+        by the decoder graph's input names."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         chunk = self.cpu_encode_chunk if self.on_cpu else len(pixels)
         first = self.encoder.run(None, {"pixels": pixels[:chunk]})
-        if len(pixels) <= chunk and not self.on_cpu:
+        if len(pixels) <= chunk:
             return dict(zip(self.memory_names, first))
-        out = self._buffers.take(first, len(pixels))
+        out = [np.empty((len(pixels),) + a.shape[1:], dtype=a.dtype) for a in first]
         for i in range(0, len(pixels), chunk):
             part = first if i == 0 else self.encoder.run(None, {"pixels": pixels[i : i + chunk]})
             for whole, piece in zip(out, part):
