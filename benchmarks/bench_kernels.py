@@ -235,6 +235,7 @@ def image_kv() -> None:
 
 def ort_attention() -> None:
     try:
+        import onnxruntime as ort
         from onnx import TensorProto, helper
     except ImportError:
         return
@@ -255,19 +256,17 @@ def ort_attention() -> None:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         return best_of(lambda: sess.run(None, feed), 5) / b * layers
 
-    import onnxruntime as ort
-
-    def io(dtype, shape, names):
+    def values(dtype, shape, names):
         return [helper.make_tensor_value_info(name, dtype, shape) for name in names]
 
-    qkv = io(TensorProto.FLOAT, [b, t, hidden], "qkv")
+    qkv = values(TensorProto.FLOAT, [b, t, hidden], "qkv")
     feed = dict(zip("qkv", x))
     mha = helper.make_node("MultiHeadAttention", list("qkv"), ["o"], domain="com.microsoft", num_heads=heads)
     print(f"| fp32 com.microsoft.MultiHeadAttention (the export) | "
-          f"{timed([mha], qkv, io(TensorProto.FLOAT, [b, t, hidden], 'o'), feed):.3f} |")
+          f"{timed([mha], qkv, values(TensorProto.FLOAT, [b, t, hidden], 'o'), feed):.3f} |")
     att = helper.make_node("Attention", list("qkv"), ["o"], q_num_heads=heads, kv_num_heads=heads)
     half = {k: v.astype(np.float16) for k, v in feed.items()}
-    fp16 = timed([att], io(TensorProto.FLOAT16, [b, t, hidden], "qkv"), io(TensorProto.FLOAT16, [b, t, hidden], "o"),
+    fp16 = timed([att], values(TensorProto.FLOAT16, [b, t, hidden], "qkv"), values(TensorProto.FLOAT16, [b, t, hidden], "o"),
                  half, opset=23)
     print(f"| fp16 ONNX Attention (opset 23) | {fp16:.3f} |")
     hd, bh = hidden // heads, b * heads
@@ -278,7 +277,7 @@ def ort_attention() -> None:
             node = helper.make_node("MatMulInteger", ["a", "b"], ["o"])
             ins = [helper.make_tensor_value_info("a", ta, sa), helper.make_tensor_value_info("b", tb, sb)]
             f = {"a": rng.integers(0, 100, sa).astype(na), "b": rng.integers(0, 100, sb).astype(nb)}
-            total += timed([node], ins, io(TensorProto.INT32, so, "o"), f)
+            total += timed([node], ins, values(TensorProto.INT32, so, "o"), f)
         print(f"| int8 MatMulInteger {label}: the two products alone (no quantising, no softmax) | {total:.3f} |")
 
 

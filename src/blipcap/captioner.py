@@ -156,18 +156,18 @@ class Captioner:
         `prompt=` may be one string for all images or a list with one (or None) per image.
         """
         staged = images if isinstance(images, Staged) else None
-        items = staged.loaded if staged else image_list(images)
+        items = staged.loaded if staged is not None else image_list(images)
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         _check_batch_size(batch_size)
         prompts, opts = self._options(options, overrides, len(items))
         batch_size = self._batch_size(batch_size, opts)
-        loaded = items if staged else [self._prepare_image(item) for item in items]
+        loaded = items if staged is not None else [self._prepare_image(item) for item in items]
         if errors == "raise":
             for item in loaded:
                 if isinstance(item, ImageError):
                     raise item
-        if staged and len(loaded) <= batch_size:
+        if staged is not None and len(loaded) <= batch_size:
             return self._caption_batch(loaded, prompts, opts, staged.pixels)
         out: list[Caption] = []
         # torch on CUDA: batch N+1's pixels are made and copied on the stager thread during batch N

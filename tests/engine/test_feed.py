@@ -187,3 +187,9 @@ def test_where_memory_cannot_be_pinned_the_slot_is_pageable_and_says_so():
     with pytest.warns(RuntimeWarning, match="cannot pin"):
         buf = feed.host((2, 3, 4, 4))
     assert buf.shape == (2, 3, 4, 4) and feed.allocations == 1 and not feed.pinned_memory
+
+
+def test_an_empty_staged_batch_captions_to_nothing(random_ckpt):
+    # an empty Staged is falsy (it has a length): it must still be taken as a staged batch, not as an image
+    cap = Captioner.load(random_ckpt, device="cpu")
+    assert cap.caption(cap.stage([])) == [] == cap.caption([])

@@ -174,7 +174,7 @@ class TextBlock(nn.Module):
             a = _ExportedAttention.apply(q, k, v, self.heads)
         elif q.is_cuda or k.dtype != q.dtype:
             # (image K/V kept narrower than the model, image_kv_dtype: SDPA takes the narrow type and
-            # keeps its scores and softmax in float32; fp16 on the CPU 27 -> 18 ms a step, bench_kernels.py)
+            # keeps its scores and softmax in float32; fp16 on the CPU 24.6 -> 17.6 ms a step, bench_kernels.py)
             a = _merge(F.scaled_dot_product_attention(_heads(q, self.heads).to(k.dtype), k, v)).to(q.dtype)
         else:
             # on the CPU, SDPA's kernel for these few query rows over 577 keys is slower than two

@@ -18,8 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,8 +43,8 @@ class Decoded:
     height: int
     # float32 (3, H, W) model input made from ``image`` by ``made_by`` on the decode thread, so that the
     # model's thread only copies it into the batch (None: the preprocessor makes it there)
-    pixels: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
-    made_by: Preprocessor | None = dataclasses.field(default=None, compare=False, repr=False)
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    made_by: Preprocessor | None = field(default=None, compare=False, repr=False)
 
 
 def to_rgb(image: Image.Image, name: str) -> Image.Image:
@@ -131,9 +130,9 @@ class Preprocessor:
         set_ = object.__setattr__  # frozen: normalise the fields once, here
         set_(self, "size", (int(self.size[0]), int(self.size[1])))
         set_(self, "resample", int(self.resample))
-        for field in ("mean", "std"):  # a scalar applies to all three channels
-            values = np.broadcast_to(np.asarray(getattr(self, field), np.float64), 3)
-            set_(self, field, tuple(float(v) for v in values))
+        for name in ("mean", "std"):  # a scalar applies to all three channels
+            values = np.broadcast_to(np.asarray(getattr(self, name), np.float64), 3)
+            set_(self, name, tuple(float(v) for v in values))
         if min(self.size) <= 0 or 0.0 in self.std:
             raise ValueError(f"invalid preprocessor: size={self.size}, std={self.std}")
 
@@ -178,7 +177,7 @@ class Preprocessor:
 
     def _fill(self, image: Image.Image | Decoded, out: np.ndarray | None) -> np.ndarray:
         if isinstance(image, Decoded):
-            if image.pixels is not None and (image.made_by is self or image.made_by == self):
+            if image.pixels is not None and image.made_by == self:  # made for this very preprocessing
                 if out is None:
                     return image.pixels.copy()
                 np.copyto(out, image.pixels)
