@@ -229,7 +229,7 @@ def main() -> None:
               + (": slower than model only, so the job is bound by decoding there, whatever the feed" if bound else ""))
         print(f"feed on / off: model only {on['model_only_images_per_s'] / off['model_only_images_per_s']:.2f}x, "
               f"folder job {on['job_images_per_s'] / off['job_images_per_s']:.2f}x; GPU JPEG decoding "
-              f"(torchvision.io.decode_jpeg on cuda): not built, not measured")
+              f"(torchvision.io.decode_jpeg on cuda) vs these threads: benchmarks/bench_gpu_decode.py")
 
 
 if __name__ == "__main__":

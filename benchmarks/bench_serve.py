@@ -12,6 +12,11 @@ all phases do the same work. Reports images/s, p50 and p99 latency of each phase
 throughput over the sequential, chat completions' throughput over /v1/caption's under the same
 load, and the mean batch size the server formed (from its /metrics). All traffic stays on the
 loopback interface.
+
+With ``--model-only`` the same images (decoded beforehand), options, device and dtype are then
+captioned in this process by ``Captioner.caption(images, batch_size=--max-batch-size)``, warm,
+after the server has stopped: the server's concurrent images/s as a share of the model alone's
+(issue 17's target on a GPU: >= 0.90).
 """
 
 from __future__ import annotations
@@ -112,6 +117,22 @@ def summary(name: str, requests: int, wall: float, latencies: list[float]) -> di
             "p50_s": float(np.percentile(latencies, 50)), "p99_s": float(np.percentile(latencies, 99))}
 
 
+def time_model_only(ckpt: Path, bodies: list[bytes], options: dict, args) -> float:
+    """images/s of ``Captioner.caption`` alone on as many images as the concurrent phase sent."""
+    from PIL import Image
+
+    from blipcap import Captioner, CaptionOptions
+
+    cap = Captioner.load(ckpt, device=args.device, dtype=args.dtype)
+    opts = CaptionOptions(**options)
+    decoded = [Image.open(io.BytesIO(body)).convert("RGB") for body in bodies]
+    images = [decoded[i % len(decoded)] for i in range(args.requests)]
+    cap.caption(images[: args.max_batch_size], opts, batch_size=args.max_batch_size)  # warm-up, as the server's
+    t0 = time.perf_counter()
+    cap.caption(images, opts, batch_size=args.max_batch_size)  # returns plain captions: the device is done
+    return args.requests / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["large", "base", "tiny"], default="large")
@@ -124,6 +145,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=4)
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--model-only", action="store_true",
+                    help="also the model alone on the same images, and the server's share of it")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -150,6 +173,7 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
+        model_only = time_model_only(ckpt, bodies, options, args) if args.model_only else None
     def mean_batch(first: str, last: str) -> float:
         images = metric(last, "blipcap_batch_size_sum") - metric(first, "blipcap_batch_size_sum")
         return images / (metric(last, "blipcap_batch_size_count") - metric(first, "blipcap_batch_size_count"))
@@ -163,6 +187,9 @@ def main() -> None:
               "chat_over_caption": rows[2]["images_per_s"] / rows[1]["images_per_s"],
               "mean_batch_size": mean_batch(before, after), "mean_batch_size_chat": mean_batch(after, after_chat),
               "machine": machine()}
+    if model_only is not None:
+        result["model_only_images_per_s"] = model_only
+        result["server_over_model_only"] = rows[1]["images_per_s"] / model_only
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -178,6 +205,10 @@ def main() -> None:
           f"{result['mean_batch_size']:.1f} images")
     print(f"chat completions over /v1/caption under the same load: {result['chat_over_caption']:.2f}x; "
           f"mean batch: {result['mean_batch_size_chat']:.1f} images")
+    if model_only is not None:
+        print(f"model only (same images decoded beforehand, batch {args.max_batch_size}, warm): {model_only:.3f} "
+              f"images/s; the server under {args.clients} clients reaches {result['server_over_model_only']:.2f} "
+              f"of it (target on a GPU: >= 0.90)")
 
 
 if __name__ == "__main__":

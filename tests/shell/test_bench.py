@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,3 +75,13 @@ def test_the_summary_line_parses_back_in_seconds_and_milliseconds():
         assert parse_line("loading...\n" + s.line()) == (4, seconds, 4)
     with pytest.raises(ValueError):
         parse_line("no summary here")
+
+
+def test_gpu_script_refuses_an_unknown_step_before_touching_anything(tmp_path):
+    # a typo in a lent GPU's one call must cost seconds, not the machine's minutes
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.sh"
+    run = subprocess.run(["bash", str(script), "tests", "benchmark"], capture_output=True, text=True,
+                         cwd=script.parents[1], env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)}, timeout=30)
+    assert run.returncode == 2
+    assert "unknown step: benchmark" in run.stderr
+    assert "===" not in run.stdout  # nothing ran, not even the machine check
