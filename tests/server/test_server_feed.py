@@ -3,6 +3,8 @@ forced on): its decode threads make the float32 pixels too, and the captions sta
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from blipcap import Captioner  # noqa: E402
 from blipcap.backends.feed import PinnedFeed  # noqa: E402
 from tests.helpers.shapes import caption_for  # noqa: E402
 
-from .test_server_app import BLUE, RED, encode, run, serving  # noqa: E402
+from .test_server_app import BLUE, GREEN, RED, Gated, encode, run, serving  # noqa: E402
 
 
 def test_decode_threads_normalise_where_the_model_overlaps_its_input(tiny_fixture):
@@ -31,3 +33,36 @@ def test_decode_threads_normalise_where_the_model_overlaps_its_input(tiny_fixtur
             return r.json()
 
     assert run(scenario(fed, True)) == run(scenario(plain, False))
+
+
+class Recording(Gated):
+    """Gated, also noting whether each model call got a staged batch (Captioner.stage) or a list."""
+
+    def caption(self, images, options=None, **kwargs):
+        self.kinds = getattr(self, "kinds", []) + [type(images).__name__]
+        return super().caption(images, options, **kwargs)
+
+
+def test_the_next_full_batch_is_staged_while_the_model_runs_and_captions_stay_right(tiny_fixture):
+    fed = Captioner.load(tiny_fixture, device="cpu", dtype="float32")
+    fed.backend.feed = PinnedFeed("cpu", torch.float32)  # as on CUDA: the service stages ahead
+    model = Recording(fed)
+
+    async def scenario():
+        async with serving(model, max_batch_size=2, max_wait_ms=5000) as c:
+            model.kinds = []
+            model.gate.clear()
+            first = asyncio.ensure_future(c.post("/v1/caption", files=[
+                ("image", ("a.png", encode(RED), "image/png")), ("image", ("b.png", encode(BLUE), "image/png"))]))
+            while not model.kinds:  # the first batch is in the model, waiting at the gate
+                await asyncio.sleep(0.005)
+            second = asyncio.ensure_future(c.post("/v1/caption", files=[
+                ("image", ("c.png", encode(GREEN), "image/png")), ("image", ("d.png", encode(RED), "image/png"))]))
+            while c.service.batcher._ahead is None:  # taken and staged while the first still runs
+                await asyncio.sleep(0.005)
+            model.gate.set()
+            a, b = await first, await second
+            assert [e["generated_text"] for e in a.json()] == [caption_for(*RED), caption_for(*BLUE)]
+            assert [e["generated_text"] for e in b.json()] == [caption_for(*GREEN), caption_for(*RED)]
+            assert model.kinds == ["list", "Staged"]
+    run(scenario())

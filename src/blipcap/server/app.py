@@ -73,8 +73,10 @@ class Service:
             self.metrics.ready.set(1)
             return
         self.lanes = DecodeLanes(self.images, cfg.decode_workers)
+        # torch on CUDA: the next full batch's pixels go to the device while the model runs this one
+        stage = self.captioner.stage if getattr(self.captioner, "overlaps_input", False) else None
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size, max_wait_s=cfg.max_wait_ms / 1000,
-                               max_queue=cfg.max_queue, metrics=self.metrics)
+                               max_queue=cfg.max_queue, metrics=self.metrics, stage=stage)
         await self.batcher.start()
         self._warmup = asyncio.get_running_loop().create_task(self._warm_up())
 
@@ -102,8 +104,8 @@ class Service:
         if self.lanes is not None:
             self.lanes.shutdown()
 
-    def _run_batch(self, images: list, prompts: list, options: Any) -> list:
-        """On the model thread: one model call for the whole batch."""
+    def _run_batch(self, images: Any, prompts: list, options: Any) -> list:
+        """On the model thread: one model call for the whole batch (a list, or a Captioner.stage batch)."""
         return self.captioner.caption(images, options, errors="return", batch_size=len(images), prompt=prompts)
 
     # --- one request, whatever its protocol ----------------------------------------------------------

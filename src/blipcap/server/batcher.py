@@ -8,6 +8,12 @@ with images whose options share a key (the app makes the key from the options), 
 
 Memory is bounded: at most `max_queue` images are admitted (reserved while they decode, then
 queued); `reserve` raises `QueueFull` beyond that, before any decoding is done.
+
+Given `stage` (the app passes `Captioner.stage` where the model overlaps its input: torch on CUDA),
+the next batch is taken while the model runs the current one, if it is already full (or the
+service is draining), and its pixels are made and copied to the device meanwhile: under load the
+model never waits for them. A batch that is not full is not taken early, so batches are as large
+as without staging.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import Any, Callable, Hashable, Sequence
 
 from .metrics import Metrics
 
-RunBatch = Callable[[list, list, Any], list]  # (images, prompts, options) -> one result per image
+RunBatch = Callable[[Any, list, Any], list]  # (images or what `stage` made of them, prompts, options) -> results
+Stage = Callable[[list], Any]  # images -> a batch whose model input is being prepared (Captioner.stage)
 
 
 class QueueFull(Exception):
@@ -54,8 +61,8 @@ class Reservation:
 
 class Batcher:
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_wait_s: float, max_queue: int,
-                 metrics: Metrics | None = None):
-        self._run_batch = run_batch
+                 metrics: Metrics | None = None, stage: Stage | None = None):
+        self._run_batch, self._stage = run_batch, stage
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
         self.metrics = metrics or Metrics()
         self._queue: collections.deque[_Queued] = collections.deque()
@@ -63,6 +70,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._draining = False
         self._busy = False
+        self._ahead: tuple[list[_Queued], Any] | None = None  # taken and being staged while the model runs
         self._batch_s = 0.0  # moving average of model time per batch, for Retry-After
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
@@ -91,7 +99,7 @@ class Batcher:
         """Finish the queued images (up to `timeout` s), then stop the dispatcher and the thread."""
         self.drain()
         deadline = time.monotonic() + timeout
-        while (self._queue or self._busy) and time.monotonic() < deadline:
+        while (self._queue or self._busy or self._ahead) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -99,7 +107,7 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for item in self._queue:
+        for item in [*self._queue, *(self._ahead[0] if self._ahead else [])]:
             item.future.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
@@ -146,6 +154,10 @@ class Batcher:
 
     async def _dispatch(self) -> None:
         while True:
+            if self._ahead is not None:  # taken full while the model ran the last batch: no waiting
+                (batch, staged), self._ahead = self._ahead, None
+                await self._execute(batch, staged)
+                continue
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
@@ -175,7 +187,7 @@ class Batcher:
         self._held -= len(batch)
         return batch
 
-    async def _execute(self, batch: list[_Queued]) -> None:
+    async def _execute(self, batch: list[_Queued], staged: Any = None) -> None:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         for item in batch:
@@ -183,8 +195,11 @@ class Batcher:
         images, prompts = [item.image for item in batch], [item.prompt for item in batch]
         self._busy = True
         try:
-            results: list = await loop.run_in_executor(self._executor, self._run_batch, images, prompts,
-                                                       batch[0].options)
+            call = loop.run_in_executor(self._executor, self._run_batch, images if staged is None else staged,
+                                        prompts, batch[0].options)
+            if self._stage is not None:
+                await self._take_ahead(call)
+            results: list = await call
         except Exception:
             # Something in this batch broke the model call: run each image alone so that only the
             # culprit's request fails, never its batchmates'.
@@ -202,6 +217,26 @@ class Batcher:
                 item.future.set_exception(result)
             else:
                 item.future.set_result(result)
+
+    async def _take_ahead(self, call: asyncio.Future) -> None:
+        """While the model runs `call`: once a full batch is queued (any batch, when draining), take
+        it and start staging it, for _dispatch to run next."""
+        while not call.done() and self._ahead is None:
+            self._wake.clear()  # before looking: a submit from now on wakes us
+            head = self._queue[0] if self._queue else None
+            if head is not None and (self._draining or self._count(head.key) >= self.max_batch_size):
+                batch = self._take(head.key)
+                try:
+                    staged = self._stage([item.image for item in batch])
+                except Exception:  # the batch then runs as it came, where its errors are handled as always
+                    staged = None
+                self._ahead = (batch, staged)
+                return
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({call, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
 
     def _one_by_one(self, batch: list[_Queued]) -> list:
         out: list = []
