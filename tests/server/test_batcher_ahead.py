@@ -59,12 +59,18 @@ def submit(batcher: Batcher, images: list, key="k") -> list[asyncio.Future]:
     return batcher.submit(batcher.reserve(len(images)), images, [None] * len(images), None, key)
 
 
+async def running_first(model: Model, **kwargs) -> tuple[Batcher, list[asyncio.Future]]:
+    """A batcher whose model is busy with the full batch of a and b, waiting at the closed gate."""
+    batcher = await started(model, **kwargs)
+    first = submit(batcher, ["a", "b"])
+    await until(lambda: batcher._busy)
+    return batcher, first
+
+
 def test_a_full_batch_is_staged_while_the_model_runs_the_one_before():
     async def scenario():
         model = Model()
-        b = await started(model)
-        first = submit(b, ["a", "b"])  # full: runs at once, and waits at the gate
-        await until(lambda: b._busy)
+        b, first = await running_first(model)
         second = submit(b, ["c", "d"])
         await until(lambda: model.events)
         assert model.events == [("stage", ["c", "d"])]  # while a and b are still in the model
@@ -79,9 +85,7 @@ def test_a_full_batch_is_staged_while_the_model_runs_the_one_before():
 def test_a_batch_that_is_not_full_is_not_taken_early_and_grows_as_before():
     async def scenario():
         model = Model()
-        b = await started(model)
-        first = submit(b, ["a", "b"])
-        await until(lambda: b._busy)
+        b, first = await running_first(model)
         c = submit(b, ["c"])
         await asyncio.sleep(0.2)  # time enough to take it, were it taken when not full
         assert model.events == [] and b.depth == 1
@@ -97,9 +101,7 @@ def test_a_batch_that_is_not_full_is_not_taken_early_and_grows_as_before():
 def test_a_lone_image_after_the_model_is_free_runs_unstaged_after_its_wait():
     async def scenario():
         model = Model()
-        b = await started(model, max_wait_s=0.05)
-        first = submit(b, ["a", "b"])
-        await until(lambda: b._busy)
+        b, first = await running_first(model, max_wait_s=0.05)
         lone = submit(b, ["c"])
         await asyncio.sleep(0.1)
         model.gate.set()
@@ -112,9 +114,7 @@ def test_a_lone_image_after_the_model_is_free_runs_unstaged_after_its_wait():
 def test_staging_that_breaks_leaves_the_batch_to_run_as_it_came():
     async def scenario():
         model = Model(stage_fails=True)
-        b = await started(model)
-        first = submit(b, ["a", "b"])
-        await until(lambda: b._busy)
+        b, first = await running_first(model)
         second = submit(b, ["c", "d"])
         await until(lambda: model.events)
         model.gate.set()
@@ -127,9 +127,7 @@ def test_staging_that_breaks_leaves_the_batch_to_run_as_it_came():
 def test_a_request_gone_from_a_staged_batch_leaves_its_batchmates_their_results():
     async def scenario():
         model = Model()
-        b = await started(model)
-        first = submit(b, ["a", "b"])
-        await until(lambda: b._busy)
+        b, first = await running_first(model)
         c, d = submit(b, ["c", "d"])
         await until(lambda: model.events)
         c.cancel()  # its request timed out after the batch was taken
@@ -143,9 +141,7 @@ def test_a_request_gone_from_a_staged_batch_leaves_its_batchmates_their_results(
 def test_stop_finishes_a_batch_taken_ahead_and_draining_takes_partial_ones():
     async def scenario():
         model = Model()
-        b = await started(model)
-        first = submit(b, ["a", "b"])
-        await until(lambda: b._busy)
+        b, first = await running_first(model)
         lone = submit(b, ["c"])
         stopping = asyncio.ensure_future(b.stop(timeout=10))
         await until(lambda: model.events)  # draining: the partial batch is taken ahead too
@@ -160,9 +156,7 @@ def test_stop_finishes_a_batch_taken_ahead_and_draining_takes_partial_ones():
 def test_without_stage_batches_are_taken_only_when_the_model_is_free():
     async def scenario():
         model = Model()
-        b = await started(model, stage=None)
-        first = submit(b, ["a", "b"])
-        await until(lambda: b._busy)
+        b, first = await running_first(model, stage=None)
         second = submit(b, ["c", "d"])
         await asyncio.sleep(0.1)
         assert b.depth == 2  # still queued while the model runs
