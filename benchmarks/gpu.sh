@@ -18,8 +18,9 @@
 #           batch 64, against the model alone on the same images (>= 0.90). Needs FastAPI, which that
 #           machine lacks: run `bash benchmarks/gpu_wheels.sh` here first and carry .whl (the device tool's
 #           carry: [".whl"]); the wheels are installed into /tmp/site. Skipped, and said so, without them.
-# No STEP: all five in that order, about 9 minutes on an H100/H200 (not yet timed; each step has its
-# own time limit). To keep each device call well inside its 10 minutes, split them:
+# No STEP: all five in that order, about 9 minutes on an H100/H200 (estimated, not yet timed). Each
+# step has its own time limit, and the limits of each half add up to under 590 s, so a lease runs
+# them as two device calls (timeout_s 590 each) and a hung step still leaves the other steps' output:
 #   bash benchmarks/gpu.sh tests bench        then        bash benchmarks/gpu.sh bulk decode serve
 # A failing test or step is reported and makes the exit status non-zero, but the later steps still
 # run (a lent GPU's minutes are scarce; the identical-token shares show whether the figures are
@@ -52,17 +53,17 @@ $py -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA
 failed=()
 if wants tests; then
   step "CUDA tests"
-  timeout 240 $py -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/engine/test_feed.py \
+  timeout 170 $py -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/engine/test_feed.py \
     tests/jobs/test_bulk_feed.py 2>&1 | tee "$results/cuda-tests.log" \
     || failed+=("CUDA tests")
   step "parity with transformers, blipcap on CUDA"
-  BLIPCAP_TEST_DEVICE=cuda timeout 240 $py -m pytest -q -p no:cacheprovider tests/engine/test_parity.py \
+  BLIPCAP_TEST_DEVICE=cuda timeout 130 $py -m pytest -q -p no:cacheprovider tests/engine/test_parity.py \
     2>&1 | tee "$results/parity-cuda.log" || failed+=("parity on CUDA")
 fi
 
 if wants bench; then
   step "blipcap vs transformers fp16, batch 64, large shape, 3 beams, 20 new tokens"
-  timeout 360 $py -m benchmarks.bench_gpu --shape large --images 64 --batch-size 64 --big-batch 256 --beams 3 \
+  timeout 280 $py -m benchmarks.bench_gpu --shape large --images 64 --batch-size 64 --big-batch 256 --beams 3 \
     --new-tokens 20 --repeats 3 --json "$results/bench_gpu.json" 2>&1 | tee "$results/bench_gpu.log" \
     || failed+=("bench_gpu")
 fi
@@ -71,25 +72,25 @@ fi
 # that more batches spread thin
 if wants bulk; then
   step "the folder job vs the model alone, fp16, batch 64 (512 12-megapixel JPEGs, 2 rounds; input feed on/off)"
-  timeout 300 $py -m benchmarks.bench_bulk --device cuda --dtype float16 --batch-size 64 --images 512 --rounds 2 \
+  timeout 240 $py -m benchmarks.bench_bulk --device cuda --dtype float16 --batch-size 64 --images 512 --rounds 2 \
     --workers 16 --overlap --ab-repeats 2 --dir "$photos" 2>&1 | tee "$results/bench_bulk.log" \
     || failed+=("bench_bulk")
 fi
 
 if wants decode; then
   step "JPEG decoding on 16 CPU threads vs on the GPU (torchvision), 512 12-megapixel JPEGs, vs model only"
-  timeout 180 $py -m benchmarks.bench_gpu_decode --device cuda --dtype float16 --batch-size 64 --images 512 \
+  timeout 150 $py -m benchmarks.bench_gpu_decode --device cuda --dtype float16 --batch-size 64 --images 512 \
     --workers 16 --dir "$photos" 2>&1 | tee "$results/bench_gpu_decode.log" || failed+=("bench_gpu_decode")
 fi
 
 if wants serve; then
-  if [[ -d .whl ]] && ! $py -c "import fastapi, uvicorn" 2>/dev/null; then
+  if [[ -d .whl ]] && ! $py -c "import fastapi, uvicorn, python_multipart, prometheus_client" 2>/dev/null; then
     $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
   fi
-  if $py -c "import fastapi, uvicorn, python_multipart" 2>/dev/null; then
+  if $py -c "import fastapi, uvicorn, python_multipart, prometheus_client" 2>/dev/null; then
     step "blipcap serve under 128 clients vs the model alone, fp16, batch 64, 3 beams, 20 new tokens"
-    timeout 240 $py -m benchmarks.bench_serve --device cuda --dtype float16 --max-batch-size 64 --beams 3 \
+    timeout 180 $py -m benchmarks.bench_serve --device cuda --dtype float16 --max-batch-size 64 --beams 3 \
       --new-tokens 20 --clients 128 --requests 512 --sequential 4 --model-only 2>&1 \
       | tee "$results/bench_serve.log" || failed+=("bench_serve")
   else

@@ -181,9 +181,17 @@ def test_the_bench_split_times_a_staged_pass(random_ckpt):
     assert tokens == expected and 0 < pre < total and 0 < encode < total
 
 
-def test_where_memory_cannot_be_pinned_the_slot_is_pageable_and_says_so():
+def test_where_memory_cannot_be_pinned_the_slot_is_pageable_and_says_so(monkeypatch):
     feed = PinnedFeed("cpu", torch.float32)
-    feed.cuda = True  # ask for pinned slots; without CUDA, pinning fails as it would with no pinnable memory
+    feed.cuda = True  # ask for pinned slots
+    empty = torch.empty
+
+    def no_pinnable_memory(*args, pin_memory=False, **kwargs):  # as where page-locked memory has run out
+        if pin_memory:
+            raise RuntimeError("CUDA error: out of memory")
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", no_pinnable_memory)
     with pytest.warns(RuntimeWarning, match="cannot pin"):
         buf = feed.host((2, 3, 4, 4))
     assert buf.shape == (2, 3, 4, 4) and feed.allocations == 1 and not feed.pinned_memory

@@ -97,7 +97,7 @@ def test_on_cuda_the_job_writes_the_same_rows_with_the_feed_on_and_off(tiny_fixt
     cap = Captioner.load(tiny_fixture, device="cuda", dtype="float32")
     assert cap.overlaps_input and cap.backend.feed is not None
     on = BulkJob(paths, [JsonlSink(tmp_path / "on.jsonl")], batch_size=3, workers=2).run(cap)
-    assert cap.backend.feed.pinned_memory and cap._stager is not None
+    assert cap.backend.feed.allocations > 0 and cap.backend.feed.pinned_memory and cap._stager is not None
     cap.backend.feed = None  # the plain synchronous copy, nothing staged ahead
     off = BulkJob(paths, [JsonlSink(tmp_path / "off.jsonl")], batch_size=3, workers=2).run(cap)
     assert (on.captioned, on.reused) == (off.captioned, off.reused) == (10, 1)
