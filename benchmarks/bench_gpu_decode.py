@@ -17,7 +17,8 @@ to the CPU's (mean / max absolute difference, after normalisation) and the share
 tokens in captions made from either (random weights: a strict test of sensitivity).
 
     python -m benchmarks.bench_gpu_decode --dir /tmp/blipcap-photos --images 512     # on a GPU
-    python -m benchmarks.bench_gpu_decode --device cpu --shape tiny --images 8       # to try it
+    python -m benchmarks.bench_gpu_decode --device cpu --dtype float32 --shape tiny --images 8 --batch-size 4
+        # to try it: without torchvision the CPU figures, then exit status 1
 
 A GPU decoding input path for the folder job is built only if this shows the CPU threads cannot keep
 up with the model (it cannot give Pillow-identical pixels, so captions would differ from the CPU's).
