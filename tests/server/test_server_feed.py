@@ -38,8 +38,12 @@ def test_decode_threads_normalise_where_the_model_overlaps_its_input(tiny_fixtur
 class Recording(Gated):
     """Gated, also noting whether each model call got a staged batch (Captioner.stage) or a list."""
 
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.kinds = []
+
     def caption(self, images, options=None, **kwargs):
-        self.kinds = getattr(self, "kinds", []) + [type(images).__name__]
+        self.kinds.append(type(images).__name__)
         return super().caption(images, options, **kwargs)
 
 

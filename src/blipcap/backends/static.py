@@ -77,11 +77,21 @@ class StaticBuffers:
         return out
 
     def reorder(self, rows: torch.Tensor) -> None:
-        # whole rows gathered into the second buffer, which swaps in (as TorchSession.reorder)
-        if self.spare is None:
-            self.spare = torch.empty_like(self.cache)
-        torch.index_select(self.cache, 2, rows, out=self.spare)
-        self.cache, self.spare = self.spare, self.cache
+        # the spare is made once: each of the two buffers has its graph, found again by its address
+        self.cache, self.spare = gather_rows(self.cache, self.spare, rows)
+
+
+def gather_rows(cache: torch.Tensor, spare: torch.Tensor | None,
+                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The beam reorder of a (layers, 2, rows, ...) cache: whole rows gathered into the second buffer
+    (made on first use), which swaps in; returns (cache, spare). Beams of one image share positions
+    and padding, so only the cache moves. Whole rows are contiguous blocks: on the CPU ~2.4x faster
+    than moving the strided filled part in place (benchmarks/bench_kernels.py), and reusing the
+    buffer avoids page-faulting a fresh allocation every step."""
+    if spare is None:
+        spare = torch.empty_like(cache)
+    torch.index_select(cache, 2, rows, out=spare)
+    return spare, cache
 
 
 class BucketPool:

@@ -56,8 +56,9 @@ class Service:
         # no captioner: search only (serve --index without a model)
         # where the model overlaps its input (torch on CUDA) the decode threads normalise too, so
         # the model's thread only copies pixels (2.2 MB per queued image instead of 0.5)
-        pixels = bool(getattr(captioner, "overlaps_input", False))
-        self.images = Decoder.of(captioner.preprocessor, config.max_pixels, self.fetcher, pixels=pixels) if captioner else None
+        self.overlaps_input = bool(getattr(captioner, "overlaps_input", False))
+        self.images = (Decoder.of(captioner.preprocessor, config.max_pixels, self.fetcher, pixels=self.overlaps_input)
+                       if captioner else None)
         self.ready = False
         self.draining = False
         self.batcher: Batcher | None = None
@@ -74,7 +75,7 @@ class Service:
             return
         self.lanes = DecodeLanes(self.images, cfg.decode_workers)
         # torch on CUDA: the next full batch's pixels go to the device while the model runs this one
-        stage = self.captioner.stage if getattr(self.captioner, "overlaps_input", False) else None
+        stage = self.captioner.stage if self.overlaps_input else None
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size, max_wait_s=cfg.max_wait_ms / 1000,
                                max_queue=cfg.max_queue, metrics=self.metrics, stage=stage)
         await self.batcher.start()
